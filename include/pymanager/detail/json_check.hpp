@@ -1,0 +1,230 @@
+// pymanager: typed reading of JSON objects with errors that name the JSON path.
+#ifndef PYMANAGER_DETAIL_JSON_CHECK_HPP
+#define PYMANAGER_DETAIL_JSON_CHECK_HPP
+
+#include <algorithm>
+#include <cmath>
+#include <initializer_list>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "pymanager/error.hpp"
+
+namespace pymanager {
+inline namespace v1 {
+namespace detail {
+
+/// Levenshtein distance, for "did you mean" suggestions.
+inline std::size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<std::size_t> row(b.size() + 1);
+  for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (std::size_t i = 1; i <= a.size(); ++i) {
+    std::size_t diagonal = row[0];
+    row[0] = i;
+    for (std::size_t j = 1; j <= b.size(); ++j) {
+      std::size_t above = row[j];
+      std::size_t substitution = diagonal + (a[i - 1] == b[j - 1] ? 0 : 1);
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, substitution});
+      diagonal = above;
+    }
+  }
+  return row[b.size()];
+}
+
+/// The closest candidate within a third of the word's length (at least 2 edits), or "".
+inline std::string closest_match(const std::string& word, const std::vector<std::string>& candidates) {
+  std::string best;
+  std::size_t best_distance = std::max<std::size_t>(2, word.size() / 3) + 1;
+  for (const auto& candidate : candidates) {
+    std::size_t d = edit_distance(word, candidate);
+    if (d < best_distance) {
+      best_distance = d;
+      best = candidate;
+    }
+  }
+  return best;
+}
+
+/// The JSON type name used in error messages ("a string", "a number", ...).
+template <class Json>
+std::string describe_json_type(const Json& value) {
+  switch (value.type()) {
+    case nlohmann::json::value_t::null: return "null";
+    case nlohmann::json::value_t::boolean: return value.template get<bool>() ? "true" : "false";
+    case nlohmann::json::value_t::string: return "a string";
+    case nlohmann::json::value_t::number_integer:
+    case nlohmann::json::value_t::number_unsigned:
+    case nlohmann::json::value_t::number_float: return value.dump();
+    case nlohmann::json::value_t::object: return "an object";
+    case nlohmann::json::value_t::array: return "an array";
+    default: return "an unsupported value";
+  }
+}
+
+/// `path.key`, or `key` at the root.
+inline std::string join_path(const std::string& path, const std::string& key) {
+  return path.empty() ? key : path + "." + key;
+}
+
+[[noreturn]] inline void throw_config_error(const std::string& path, const std::string& problem) {
+  throw Error(ErrorKind::config_invalid, path + ": " + problem);
+}
+
+/// Reads the members of one JSON object by name and type; `finish()` rejects
+/// every member that was not read, with a suggestion for a near miss.
+/// Works with nlohmann::json and nlohmann::ordered_json.
+template <class Json>
+class ObjectReader {
+ public:
+  ObjectReader(const Json& object, std::string path) : object_(object), path_(std::move(path)) {
+    if (!object_.is_object()) {
+      throw_config_error(path_.empty() ? "(top level)" : path_,
+                         "expected an object, got " + describe_json_type(object_));
+    }
+  }
+
+  const std::string& path() const { return path_; }
+  std::string path_of(const std::string& key) const { return join_path(path_, key); }
+
+  /// Marks `key` as known (also when absent) and returns the member, if present.
+  const Json* member(const std::string& key) {
+    known_.push_back(key);
+    auto it = object_.find(key);
+    return it == object_.end() ? nullptr : &*it;
+  }
+
+  /// The first present member among spellings (e.g. "keep-alive", "keep_alive");
+  /// two present spellings are an error.
+  const Json* member_any(std::initializer_list<const char*> spellings, std::string* found_key = nullptr) {
+    const Json* found = nullptr;
+    std::string found_name;
+    for (const char* key : spellings) {
+      const Json* m = member(key);
+      if (m == nullptr) continue;
+      if (found != nullptr) {
+        throw_config_error(path_of(key), "given twice, also as " + found_name);
+      }
+      found = m;
+      found_name = key;
+    }
+    if (found_key != nullptr) *found_key = found_name;
+    return found;
+  }
+
+  std::optional<bool> boolean(const std::string& key) {
+    const Json* m = member(key);
+    if (m == nullptr) return std::nullopt;
+    if (!m->is_boolean()) expected(key, "true or false", *m);
+    return m->template get<bool>();
+  }
+
+  std::optional<std::string> string(const std::string& key) {
+    const Json* m = member(key);
+    if (m == nullptr) return std::nullopt;
+    if (!m->is_string()) expected(key, "a string", *m);
+    return m->template get<std::string>();
+  }
+
+  std::string required_string(const std::string& key) {
+    auto value = string(key);
+    if (!value) throw_config_error(path_of(key), "required key is missing");
+    return *value;
+  }
+
+  /// A finite number, at least `minimum`.
+  std::optional<double> number(const std::string& key, double minimum = -HUGE_VAL) {
+    return number_at(member(key), key, minimum);
+  }
+
+  std::optional<double> number_any(std::initializer_list<const char*> spellings, double minimum = -HUGE_VAL) {
+    std::string key;
+    const Json* m = member_any(spellings, &key);
+    return number_at(m, key, minimum);
+  }
+
+  std::optional<long long> integer(const std::string& key, long long minimum, long long maximum) {
+    const Json* m = member(key);
+    if (m == nullptr) return std::nullopt;
+    if (!m->is_number_integer() && !m->is_number_unsigned()) expected(key, "an integer", *m);
+    if (m->is_number_unsigned() && m->template get<unsigned long long>() > static_cast<unsigned long long>(maximum)) {
+      throw_config_error(path_of(key), "must be at most " + std::to_string(maximum) + ", got " + m->dump());
+    }
+    long long v = m->template get<long long>();
+    if (v < minimum || v > maximum) {
+      throw_config_error(path_of(key), "must be between " + std::to_string(minimum) + " and " +
+                                           std::to_string(maximum) + ", got " + m->dump());
+    }
+    return v;
+  }
+
+  /// An object whose values are all strings (e.g. HTTP headers).
+  std::optional<std::vector<std::pair<std::string, std::string>>> string_map(const std::string& key) {
+    const Json* m = member(key);
+    if (m == nullptr) return std::nullopt;
+    if (!m->is_object()) expected(key, "an object of strings", *m);
+    std::vector<std::pair<std::string, std::string>> out;
+    for (auto it = m->begin(); it != m->end(); ++it) {
+      if (!it->is_string()) {
+        throw_config_error(join_path(path_of(key), it.key()), "expected a string, got " + describe_json_type(*it));
+      }
+      out.emplace_back(it.key(), it->template get<std::string>());
+    }
+    return out;
+  }
+
+  std::optional<std::vector<std::string>> string_list(const std::string& key) {
+    const Json* m = member(key);
+    if (m == nullptr) return std::nullopt;
+    if (!m->is_array()) expected(key, "a list of strings", *m);
+    std::vector<std::string> out;
+    for (std::size_t i = 0; i < m->size(); ++i) {
+      const Json& item = (*m)[i];
+      if (!item.is_string()) {
+        throw_config_error(path_of(key) + "[" + std::to_string(i) + "]",
+                           "expected a string, got " + describe_json_type(item));
+      }
+      out.push_back(item.template get<std::string>());
+    }
+    return out;
+  }
+
+  /// Rejects every member that no accessor asked for.
+  void finish() const {
+    for (auto it = object_.begin(); it != object_.end(); ++it) {
+      if (std::find(known_.begin(), known_.end(), it.key()) != known_.end()) continue;
+      std::string suggestion = closest_match(it.key(), known_);
+      throw_config_error(path_of(it.key()),
+                         suggestion.empty() ? "unknown key" : "unknown key (did you mean " + suggestion + "?)");
+    }
+  }
+
+  [[noreturn]] void expected(const std::string& key, const std::string& what, const Json& got) const {
+    throw_config_error(path_of(key), "expected " + what + ", got " + describe_json_type(got));
+  }
+
+ private:
+  std::optional<double> number_at(const Json* m, const std::string& key, double minimum) {
+    if (m == nullptr) return std::nullopt;
+    if (!m->is_number()) expected(key, "a number", *m);
+    double v = m->template get<double>();
+    if (!std::isfinite(v) || v < minimum) {
+      throw_config_error(path_of(key), "must be at least " + nlohmann::json(minimum).dump() + ", got " + m->dump());
+    }
+    return v;
+  }
+
+  const Json& object_;
+  std::string path_;
+  std::vector<std::string> known_;
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace pymanager
+
+#endif  // PYMANAGER_DETAIL_JSON_CHECK_HPP

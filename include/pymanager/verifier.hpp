@@ -1,0 +1,157 @@
+// pymanager: the Verifier base class, the context a verifier runs in, and the
+// registry that maps `module.Class` names (as written in configs) to factories.
+#ifndef PYMANAGER_VERIFIER_HPP
+#define PYMANAGER_VERIFIER_HPP
+
+#include <algorithm>
+#include <chrono>
+#include <csignal>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "pymanager/error.hpp"
+
+namespace pymanager {
+inline namespace v1 {
+
+using Clock = std::chrono::steady_clock;
+
+/// How a process ended: an exit code, or the signal that killed it.
+struct ExitStatus {
+  bool signaled = false;
+  int value = 0;  ///< the exit code, or the signal number when `signaled`
+
+  static ExitStatus from_wait_status(int status) {
+    if (WIFSIGNALED(status)) return ExitStatus{true, WTERMSIG(status)};
+    return ExitStatus{false, WEXITSTATUS(status)};
+  }
+  /// The original's (Python's) return code: the exit code, or minus the signal.
+  int code() const { return signaled ? -value : value; }
+  /// "exit code 2" or "signal 9 (Killed)".
+  std::string describe() const {
+    if (!signaled) return "exit code " + std::to_string(value);
+    const char* name = ::strsignal(value);
+    return "signal " + std::to_string(value) + (name ? std::string(" (") + name + ")" : std::string());
+  }
+  bool operator==(const ExitStatus& o) const { return signaled == o.signaled && value == o.value; }
+};
+
+/// The message categories of the config's `messages` list.
+enum class MessageCategory {
+  verifier_fail,     ///< "verifier.fail": an attempt failed
+  verifier_verbose,  ///< "verifier.verbose": everything a verifier has to say
+};
+
+/// What a verifier sees of the world. Implemented by the Manager; every wait
+/// ends early when shutdown begins.
+class VerifyContext {
+ public:
+  virtual ~VerifyContext() = default;
+  /// The process's name (its key under `processes`).
+  virtual const std::string& process_name() const = 0;
+  virtual int pid() const = 0;
+  /// Sleeps until `until`; returns false early, as soon as shutdown begins or
+  /// the process has exited.
+  virtual bool sleep_until(Clock::time_point until) = 0;
+  /// Waits for the process to exit, until `until`; nullopt on timeout or shutdown.
+  virtual std::optional<ExitStatus> wait_exit(Clock::time_point until) = 0;
+  /// The exit status, once the process has exited.
+  virtual std::optional<ExitStatus> exit_status() const = 0;
+  /// True once shutdown has begun: stop and return a failure.
+  virtual bool cancelled() const = 0;
+  virtual void log(MessageCategory category, const std::string& message) = 0;
+};
+
+struct VerifyResult {
+  bool passed = false;
+  /// For a failure: what the verifier last saw ("connection refused", "status 503").
+  std::string message;
+
+  static VerifyResult ok(std::string message = {}) { return {true, std::move(message)}; }
+  static VerifyResult failure(std::string message) { return {false, std::move(message)}; }
+};
+
+/// A check that a process reached its desired state. One instance serves
+/// every run of its process (launch and each restart): `verify` must not keep
+/// state between calls and may run on any thread.
+class Verifier {
+ public:
+  virtual ~Verifier() = default;
+  virtual VerifyResult verify(VerifyContext& context) const = 0;
+  /// True for verifiers whose success is the process exiting (ExitedVerifier):
+  /// the manager then does not fail the verifier early when the process exits,
+  /// and does not report the exit as an unexpected death.
+  virtual bool expects_exit() const { return false; }
+};
+
+/// Makes a verifier from its `arguments` object; throws a config error naming
+/// `path` (e.g. `processes.web.verifier.arguments`) when they are invalid.
+using VerifierFactory =
+    std::function<std::shared_ptr<const Verifier>(const nlohmann::json& arguments, const std::string& path)>;
+
+/// Maps `module.Class` names to factories. Config files list the modules
+/// they use under `modules`; a type must be both listed there and registered here.
+class VerifierRegistry {
+ public:
+  void add(const std::string& name, VerifierFactory factory) { factories_[name] = std::move(factory); }
+  bool contains(const std::string& name) const { return factories_.count(name) != 0; }
+  const VerifierFactory* find(const std::string& name) const {
+    auto it = factories_.find(name);
+    return it == factories_.end() ? nullptr : &it->second;
+  }
+  std::vector<std::string> names() const {
+    std::vector<std::string> out;
+    for (const auto& entry : factories_) out.push_back(entry.first);
+    return out;
+  }
+
+ private:
+  std::map<std::string, VerifierFactory> factories_;
+};
+
+/// Calls `attempt` until it passes, `timeout` seconds pass, the process exits
+/// or shutdown begins. The pause between attempts starts at 5 ms and doubles
+/// up to `interval` seconds, so a fast service is seen at once and a slow one
+/// is not hammered. `attempt` returns the result of one try.
+template <class Attempt>
+VerifyResult retry_until(VerifyContext& context, double timeout, double interval, Attempt attempt) {
+  const auto start = Clock::now();
+  const auto deadline = start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout));
+  const auto max_pause = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(interval));
+  auto pause = std::min<Clock::duration>(std::chrono::milliseconds(5), max_pause);
+  VerifyResult last = VerifyResult::failure("no attempt made");
+  for (int attempt_number = 1;; ++attempt_number) {
+    if (context.cancelled()) return VerifyResult::failure("shutdown began while verifying (" + last.message + ")");
+    last = attempt();
+    if (last.passed) {
+      context.log(MessageCategory::verifier_verbose, "attempt " + std::to_string(attempt_number) + " passed");
+      return last;
+    }
+    context.log(MessageCategory::verifier_fail,
+                "attempt " + std::to_string(attempt_number) + " failed: " + last.message);
+    if (auto exited = context.exit_status()) {
+      return VerifyResult::failure("process exited with " + exited->describe() + " while verifying (last attempt: " +
+                                   last.message + ")");
+    }
+    auto now = Clock::now();
+    if (now >= deadline) {
+      return VerifyResult::failure("timed out after " + nlohmann::json(timeout).dump() + "s (last attempt: " +
+                                   last.message + ")");
+    }
+    // sleep_until returns early on exit or shutdown; the checks above then report it.
+    context.sleep_until(std::min(now + pause, deadline));
+    pause = std::min(pause * 2, max_pause);
+  }
+}
+
+}  // namespace v1
+}  // namespace pymanager
+
+#endif  // PYMANAGER_VERIFIER_HPP

@@ -1,0 +1,24 @@
+// pymanager: the registry of the verifiers the original tool shipped.
+#ifndef PYMANAGER_VERIFIERS_BUILTIN_HPP
+#define PYMANAGER_VERIFIERS_BUILTIN_HPP
+
+#include "pymanager/verifier.hpp"
+#include "pymanager/verifiers/exited_verifier.hpp"
+#include "pymanager/verifiers/http_verifier.hpp"
+
+namespace pymanager {
+inline namespace v1 {
+
+/// A registry holding HttpOkVerifier and ExitedVerifier under the original's
+/// names; add your own verifiers to it with `add("mymodule.MyVerifier", factory)`.
+inline VerifierRegistry builtin_verifiers() {
+  VerifierRegistry registry;
+  registry.add(HttpOkVerifier::kName, &HttpOkVerifier::from_arguments);
+  registry.add(ExitedVerifier::kName, &ExitedVerifier::from_arguments);
+  return registry;
+}
+
+}  // namespace v1
+}  // namespace pymanager
+
+#endif  // PYMANAGER_VERIFIERS_BUILTIN_HPP

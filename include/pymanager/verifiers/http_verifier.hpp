@@ -1,0 +1,147 @@
+// pymanager: pymutils.http_verifier.HttpOkVerifier — passes when a GET of the
+// URL answers 2xx (redirects followed, as the original's requests.get did).
+#ifndef PYMANAGER_VERIFIERS_HTTP_VERIFIER_HPP
+#define PYMANAGER_VERIFIERS_HTTP_VERIFIER_HPP
+
+#include <sys/socket.h>
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <httplib.h>
+
+#include "pymanager/detail/json_check.hpp"
+#include "pymanager/verifier.hpp"
+
+namespace pymanager {
+inline namespace v1 {
+
+namespace detail {
+
+struct ParsedUrl {
+  std::string scheme_host_port;  ///< "http://host:port", what httplib::Client takes
+  std::string host;
+  std::string path;              ///< "/..." including the query
+};
+
+/// Splits an http(s) URL; nullopt when it is not one.
+inline std::optional<ParsedUrl> parse_http_url(const std::string& url) {
+  std::string rest;
+  if (url.rfind("http://", 0) == 0) {
+    rest = url.substr(7);
+  } else if (url.rfind("https://", 0) == 0) {
+    rest = url.substr(8);
+  } else {
+    return std::nullopt;
+  }
+  auto slash = rest.find_first_of("/?#");
+  std::string authority = rest.substr(0, slash);
+  std::string path = slash == std::string::npos ? "/" : rest.substr(slash);
+  if (path[0] != '/') path = "/" + path;
+  auto hash = path.find('#');
+  if (hash != std::string::npos) path.erase(hash);
+  if (authority.empty() || authority.find('@') != std::string::npos) return std::nullopt;
+  std::string host = authority;
+  if (host[0] == '[') {
+    auto close = host.find(']');
+    if (close == std::string::npos) return std::nullopt;
+    host = host.substr(1, close - 1);
+  } else {
+    host = host.substr(0, host.find(':'));
+  }
+  if (host.empty()) return std::nullopt;
+  return ParsedUrl{url.substr(0, url.size() - rest.size()) + authority, host, path};
+}
+
+/// A readable cause for an httplib client error.
+inline std::string describe_http_error(httplib::Error error) {
+  switch (error) {
+    case httplib::Error::Connection: return "connection refused";
+    case httplib::Error::ConnectionTimeout: return "connection timed out";
+    case httplib::Error::Read: return "connection closed while reading the response";
+    case httplib::Error::Write: return "connection closed while sending the request";
+    case httplib::Error::ExceedRedirectCount: return "too many redirects";
+    case httplib::Error::SSLConnection: return "TLS handshake failed";
+    case httplib::Error::SSLServerVerification: return "TLS certificate not trusted";
+    default: return "request failed (" + httplib::to_string(error) + ")";
+  }
+}
+
+}  // namespace detail
+
+class HttpOkVerifier : public Verifier {
+ public:
+  static constexpr const char* kName = "pymutils.http_verifier.HttpOkVerifier";
+
+  /// `url` (required), `timeout` seconds in all (default 30), `interval`:
+  /// the longest pause between attempts (default 1; the first retries come
+  /// within milliseconds), `headers`: extra request headers.
+  HttpOkVerifier(std::string url, double timeout, double interval, std::vector<std::pair<std::string, std::string>> headers)
+      : url_(std::move(url)), timeout_(timeout), interval_(interval), headers_(std::move(headers)) {
+    parsed_ = *detail::parse_http_url(url_);
+  }
+
+  static std::shared_ptr<const Verifier> from_arguments(const nlohmann::json& arguments, const std::string& path) {
+    detail::ObjectReader<nlohmann::json> reader(arguments, path);
+    std::string url = reader.required_string("url");
+    double timeout = reader.number("timeout", 0.0).value_or(30.0);
+    double interval = reader.number("interval", 0.0).value_or(1.0);
+    auto headers = reader.string_map("headers").value_or(std::vector<std::pair<std::string, std::string>>{});
+    reader.finish();
+    if (!detail::parse_http_url(url)) {
+      detail::throw_config_error(reader.path_of("url"), "expected an http:// or https:// URL, got '" + url + "'");
+    }
+    return std::make_shared<HttpOkVerifier>(url, timeout, interval, std::move(headers));
+  }
+
+  VerifyResult verify(VerifyContext& context) const override {
+    context.log(MessageCategory::verifier_verbose, "polling " + url_);
+    return retry_until(context, timeout_, interval_, [&] { return attempt(context); });
+  }
+
+  const std::string& url() const { return url_; }
+
+ private:
+  VerifyResult attempt(VerifyContext& context) const {
+    // "localhost" may resolve to 127.0.0.1 or ::1 first, while the service
+    // listens on only one of them: try both families explicitly.
+    if (parsed_.host == "localhost") {
+      VerifyResult v4 = attempt_family(context, AF_INET);
+      if (v4.passed) return v4;
+      VerifyResult v6 = attempt_family(context, AF_INET6);
+      if (v6.passed) return v6;
+      return VerifyResult::failure("127.0.0.1: " + v4.message + "; ::1: " + v6.message);
+    }
+    return attempt_family(context, AF_UNSPEC);
+  }
+
+  VerifyResult attempt_family(VerifyContext& context, int family) const {
+    httplib::Client client(parsed_.scheme_host_port);
+    client.set_address_family(family);
+    client.set_follow_location(true);
+    client.set_connection_timeout(std::chrono::milliseconds(2000));
+    client.set_read_timeout(std::chrono::milliseconds(5000));
+    httplib::Headers headers(headers_.begin(), headers_.end());
+    auto result = client.Get(parsed_.path.c_str(), headers);
+    if (!result) return VerifyResult::failure(detail::describe_http_error(result.error()));
+    int status = result->status;
+    context.log(MessageCategory::verifier_verbose, "GET " + url_ + " -> status " + std::to_string(status));
+    if (status >= 200 && status < 300) return VerifyResult::ok("status " + std::to_string(status));
+    return VerifyResult::failure("status " + std::to_string(status));
+  }
+
+  std::string url_;
+  double timeout_;
+  double interval_;
+  std::vector<std::pair<std::string, std::string>> headers_;
+  detail::ParsedUrl parsed_;
+};
+
+}  // namespace v1
+}  // namespace pymanager
+
+#endif  // PYMANAGER_VERIFIERS_HTTP_VERIFIER_HPP
