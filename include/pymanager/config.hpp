@@ -175,7 +175,7 @@ inline ProcessSpec parse_process(const std::string& name, const OJson& value, co
   if (spec.executable.empty()) throw_config_error(reader.path_of("executable"), "must not be empty");
   auto arguments = reader.string_list("arguments");
   if (!arguments) {
-    throw_config_error(reader.path_of("arguments"), "required key is missing (use [] for a process without arguments)");
+    reader.missing("arguments", "required key is missing (use [] for a process without arguments)");
   }
   spec.arguments = *arguments;
 

@@ -132,8 +132,21 @@ class ObjectReader {
 
   std::string required_string(const std::string& key) {
     auto value = string(key);
-    if (!value) throw_config_error(path_of(key), "required key is missing");
+    if (!value) missing(key, "required key is missing");
     return *value;
+  }
+
+  /// Reports that the required `key` is absent. A member not read so far that
+  /// looks like a misspelling of it is named instead, so that a typo is
+  /// reported where it is: `executabel: unknown key (did you mean executable?)`.
+  [[noreturn]] void missing(const std::string& key, const std::string& problem) const {
+    for (auto it = object_.begin(); it != object_.end(); ++it) {
+      if (std::find(known_.begin(), known_.end(), it.key()) != known_.end()) continue;
+      if (closest_match(it.key(), {key}) == key) {
+        throw_config_error(path_of(it.key()), "unknown key (did you mean " + key + "?)");
+      }
+    }
+    throw_config_error(path_of(key), problem);
   }
 
   /// A finite number, at least `minimum`.

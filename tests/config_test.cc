@@ -1,0 +1,1080 @@
+// Unit tests of the config parser: parse_config and load_config_file.
+//
+// Each failure case checks what a user would look at: the error kind (which
+// decides the exit code) and that the message names the JSON path of the
+// bad value, in the form `<path>: <problem>`.
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <initializer_list>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "pymanager/config.hpp"
+#include "pymanager/error.hpp"
+#include "pymanager/verifier.hpp"
+#include "pymanager/verifiers/builtin.hpp"
+#include "pymanager/verifiers/exited_verifier.hpp"
+#include "pymanager/verifiers/http_verifier.hpp"
+
+namespace {
+
+using pymanager::Config;
+using pymanager::Error;
+using pymanager::ErrorKind;
+using pymanager::VerifierRegistry;
+using Json = nlohmann::ordered_json;
+
+constexpr const char* kHttpOk = "pymutils.http_verifier.HttpOkVerifier";
+constexpr const char* kExited = "pymutils.exited_verifier.ExitedVerifier";
+
+// The example configuration of the seed README, verbatim.
+constexpr const char* kSeedReadmeExample = R"({
+  "modules": {
+    "pymutils.http_verifier": {
+      "verifiers": ["HttpOkVerifier"]
+    }
+  },
+  "http": {
+    "enabled": true,
+    "port": 5001
+  },
+  "keep-alive": true,
+  "processes": {
+    "test": {
+      "executable": "python3",
+      "arguments": ["test.py", "-v", "-t"],
+      "options": {
+        "suppress_output": false
+      },
+      "verifier": {
+        "type": "pymutils.http_verifier.HttpOkVerifier",
+        "arguments": {
+          "url": "http://google.com"
+        }
+      }
+    }
+  }
+})";
+
+const char* kind_name(ErrorKind kind) {
+  switch (kind) {
+    case ErrorKind::config_not_found: return "config_not_found";
+    case ErrorKind::config_unreadable: return "config_unreadable";
+    case ErrorKind::config_not_json: return "config_not_json";
+    case ErrorKind::config_no_processes: return "config_no_processes";
+    case ErrorKind::config_invalid: return "config_invalid";
+    case ErrorKind::spawn_failed: return "spawn_failed";
+    case ErrorKind::verify_failed: return "verify_failed";
+    case ErrorKind::not_found: return "not_found";
+    case ErrorKind::invalid_argument: return "invalid_argument";
+    case ErrorKind::shutting_down: return "shutting_down";
+    case ErrorKind::system: return "system";
+  }
+  return "?";
+}
+
+const VerifierRegistry& builtins() {
+  static const VerifierRegistry registry = pymanager::builtin_verifiers();
+  return registry;
+}
+
+Json parse_json(const char* text) { return Json::parse(text); }
+
+// A valid process, to be modified by each test.
+Json web_process() { return parse_json(R"({"executable": "/bin/echo", "arguments": ["hello", "world"]})"); }
+
+// A config holding `process` as "web".
+Json config_with(Json process) {
+  Json config = Json::object();
+  config["processes"]["web"] = std::move(process);
+  return config;
+}
+
+// A config that lists both built-in verifiers under modules and gives "web"
+// the verifier {"type": type, "arguments": arguments}.
+Json config_with_verifier(const std::string& type, const Json& arguments) {
+  Json config = parse_json(R"({"modules": {
+      "pymutils.http_verifier": {"verifiers": ["HttpOkVerifier"]},
+      "pymutils.exited_verifier": {"verifiers": ["ExitedVerifier"]}}})");
+  Json process = web_process();
+  process["verifier"]["type"] = type;
+  process["verifier"]["arguments"] = arguments;
+  config["processes"]["web"] = std::move(process);
+  return config;
+}
+
+// What parse_config threw, if anything.
+struct Outcome {
+  bool threw = false;
+  ErrorKind kind = ErrorKind::system;
+  std::string message;
+};
+
+Outcome try_parse(const Json& json, const VerifierRegistry& registry = builtins()) {
+  Outcome outcome;
+  try {
+    pymanager::parse_config(json, registry);
+  } catch (const Error& e) {
+    outcome.threw = true;
+    outcome.kind = e.kind();
+    outcome.message = e.what();
+  }
+  return outcome;
+}
+
+::testing::AssertionResult has_kind(const Outcome& outcome, ErrorKind kind) {
+  if (!outcome.threw) return ::testing::AssertionFailure() << "no pymanager::Error was thrown";
+  if (outcome.kind != kind) {
+    return ::testing::AssertionFailure() << "kind " << kind_name(outcome.kind) << ", expected " << kind_name(kind)
+                                         << " (message: " << outcome.message << ")";
+  }
+  return ::testing::AssertionSuccess();
+}
+
+// parse_config throws `kind` with exactly `message`.
+::testing::AssertionResult FailsWith(const Json& json, ErrorKind kind, const std::string& message,
+                                     const VerifierRegistry& registry = builtins()) {
+  Outcome outcome = try_parse(json, registry);
+  if (auto result = has_kind(outcome, kind); !result) return result;
+  if (outcome.message != message) {
+    return ::testing::AssertionFailure() << "message\n  \"" << outcome.message << "\"\nexpected\n  \"" << message
+                                         << "\"";
+  }
+  return ::testing::AssertionSuccess();
+}
+
+// parse_config throws config_invalid with a message that starts with
+// "<path>: " and contains every one of `fragments`.
+::testing::AssertionResult FailsAt(const Json& json, const std::string& path,
+                                   std::initializer_list<std::string> fragments = {},
+                                   const VerifierRegistry& registry = builtins()) {
+  Outcome outcome = try_parse(json, registry);
+  if (auto result = has_kind(outcome, ErrorKind::config_invalid); !result) return result;
+  if (outcome.message.rfind(path + ": ", 0) != 0) {
+    return ::testing::AssertionFailure() << "message \"" << outcome.message << "\" does not start with \"" << path
+                                         << ": \"";
+  }
+  for (const auto& fragment : fragments) {
+    if (outcome.message.find(fragment) == std::string::npos) {
+      return ::testing::AssertionFailure() << "message \"" << outcome.message << "\" lacks \"" << fragment << "\"";
+    }
+  }
+  return ::testing::AssertionSuccess();
+}
+
+bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+
+// ---------------------------------------------------------------------------
+// Valid configs and defaults
+
+TEST(ConfigParse, SeedReadmeExampleParses) {
+  Config config = pymanager::parse_config(parse_json(kSeedReadmeExample), builtins());
+
+  ASSERT_EQ(config.modules.size(), 1u);
+  EXPECT_EQ(config.modules.at("pymutils.http_verifier"), std::vector<std::string>{"HttpOkVerifier"});
+  EXPECT_TRUE(config.http.enabled);
+  EXPECT_EQ(config.http.port, 5001);
+  EXPECT_TRUE(config.keep_alive);
+  EXPECT_DOUBLE_EQ(config.graceful_time, 10.0);
+
+  ASSERT_EQ(config.processes.size(), 1u);
+  const auto& test = config.processes[0];
+  EXPECT_EQ(test.name, "test");
+  EXPECT_EQ(test.executable, "python3");
+  EXPECT_EQ(test.arguments, (std::vector<std::string>{"test.py", "-v", "-t"}));
+  EXPECT_FALSE(test.suppress_output);
+  EXPECT_FALSE(test.redirect_output.has_value());
+  EXPECT_TRUE(test.shell.empty());
+
+  ASSERT_TRUE(test.verifier.has_value());
+  EXPECT_EQ(test.verifier->type, kHttpOk);
+  EXPECT_EQ(test.verifier->arguments, nlohmann::json({{"url", "http://google.com"}}));
+  ASSERT_NE(test.verifier->verifier, nullptr);
+  auto http = std::dynamic_pointer_cast<const pymanager::HttpOkVerifier>(test.verifier->verifier);
+  ASSERT_NE(http, nullptr);
+  EXPECT_EQ(http->url(), "http://google.com");
+  EXPECT_FALSE(http->expects_exit());
+}
+
+TEST(ConfigParse, DefaultsOfAMinimalConfig) {
+  Config config = pymanager::parse_config(config_with(web_process()), builtins());
+
+  EXPECT_TRUE(config.modules.empty());
+  EXPECT_FALSE(config.http.enabled);
+  EXPECT_EQ(config.http.port, 5001);
+  EXPECT_FALSE(config.keep_alive);
+  EXPECT_DOUBLE_EQ(config.graceful_time, 10.0);
+  EXPECT_EQ(config.default_shell, "/bin/sh");
+  EXPECT_FALSE(config.messages.process_exit);
+  EXPECT_FALSE(config.messages.verifier_fail);
+  EXPECT_FALSE(config.messages.verifier_verbose);
+  EXPECT_TRUE(config.base_directory.empty());
+
+  ASSERT_EQ(config.processes.size(), 1u);
+  const auto& web = config.processes[0];
+  EXPECT_EQ(web.name, "web");
+  EXPECT_EQ(web.executable, "/bin/echo");
+  EXPECT_EQ(web.arguments, (std::vector<std::string>{"hello", "world"}));
+  EXPECT_FALSE(web.suppress_output);
+  EXPECT_FALSE(web.redirect_output.has_value());
+  EXPECT_FALSE(web.working_directory.has_value());
+  EXPECT_FALSE(web.environment_file.has_value());
+  EXPECT_TRUE(web.shell.empty());
+  EXPECT_FALSE(web.verifier.has_value());
+}
+
+TEST(ConfigParse, HttpSectionWithoutPortKeepsDefaultPort) {
+  Config config = pymanager::parse_config(
+      parse_json(R"({"http": {"enabled": true}, "processes": {"a": {"executable": "x", "arguments": []}}})"),
+      builtins());
+  EXPECT_TRUE(config.http.enabled);
+  EXPECT_EQ(config.http.port, 5001);
+
+  config = pymanager::parse_config(
+      parse_json(R"({"http": {"port": 8080}, "processes": {"a": {"executable": "x", "arguments": []}}})"), builtins());
+  EXPECT_FALSE(config.http.enabled);
+  EXPECT_EQ(config.http.port, 8080);
+}
+
+TEST(ConfigParse, EmptyArgumentsAreAllowed) {
+  Json process = web_process();
+  process["arguments"] = Json::array();
+  Config config = pymanager::parse_config(config_with(process), builtins());
+  ASSERT_EQ(config.processes.size(), 1u);
+  EXPECT_TRUE(config.processes[0].arguments.empty());
+}
+
+TEST(ConfigParse, ProcessesKeepTheOrderOfTheFile) {
+  Config config = pymanager::parse_config(parse_json(R"({"processes": {
+      "zeta": {"executable": "z", "arguments": []},
+      "alpha": {"executable": "a", "arguments": []},
+      "mid": {"executable": "m", "arguments": []}}})"),
+                                          builtins());
+  ASSERT_EQ(config.processes.size(), 3u);
+  EXPECT_EQ(config.processes[0].name, "zeta");
+  EXPECT_EQ(config.processes[1].name, "alpha");
+  EXPECT_EQ(config.processes[2].name, "mid");
+  EXPECT_EQ(config.processes[0].executable, "z");
+  EXPECT_EQ(config.processes[1].executable, "a");
+  EXPECT_EQ(config.processes[2].executable, "m");
+  EXPECT_EQ(config.index_of("zeta"), 0);
+  EXPECT_EQ(config.index_of("alpha"), 1);
+  EXPECT_EQ(config.index_of("mid"), 2);
+  EXPECT_EQ(config.index_of("nope"), -1);
+}
+
+TEST(ConfigParse, AllOptionsAreRead) {
+  Json process = web_process();
+  process["options"] = parse_json(R"({"suppress_output": false, "redirect_output": "out.log",
+      "working_directory": "srv", "environment_file": ".env"})");
+  Config config = pymanager::parse_config(config_with(process), builtins());
+  const auto& web = config.processes.at(0);
+  EXPECT_FALSE(web.suppress_output);
+  EXPECT_EQ(web.redirect_output, std::optional<std::string>("out.log"));
+  EXPECT_EQ(web.working_directory, std::optional<std::string>("srv"));
+  EXPECT_EQ(web.environment_file, std::optional<std::string>(".env"));
+
+  process["options"] = parse_json(R"({"suppress_output": true})");
+  config = pymanager::parse_config(config_with(process), builtins());
+  EXPECT_TRUE(config.processes.at(0).suppress_output);
+  EXPECT_FALSE(config.processes.at(0).redirect_output.has_value());
+
+  process["options"] = Json::object();
+  config = pymanager::parse_config(config_with(process), builtins());
+  EXPECT_FALSE(config.processes.at(0).suppress_output);
+}
+
+// ---------------------------------------------------------------------------
+// keep-alive / keep_alive and graceful-time / graceful_time
+
+TEST(ConfigKeepAlive, BothSpellingsAreAccepted) {
+  for (const char* key : {"keep-alive", "keep_alive"}) {
+    SCOPED_TRACE(key);
+    Json config = config_with(web_process());
+    config[key] = true;
+    EXPECT_TRUE(pymanager::parse_config(config, builtins()).keep_alive);
+    config[key] = false;
+    EXPECT_FALSE(pymanager::parse_config(config, builtins()).keep_alive);
+  }
+}
+
+TEST(ConfigKeepAlive, BothSpellingsAtOnceNameTheSecond) {
+  Json config = config_with(web_process());
+  config["keep-alive"] = true;
+  config["keep_alive"] = true;
+  EXPECT_TRUE(FailsWith(config, ErrorKind::config_invalid, "keep_alive: given twice, also as keep-alive"));
+}
+
+TEST(ConfigKeepAlive, NotABooleanIsAnError) {
+  Json config = config_with(web_process());
+  config["keep_alive"] = "yes";
+  EXPECT_TRUE(FailsWith(config, ErrorKind::config_invalid, "keep_alive: expected true or false, got a string"));
+  config.erase("keep_alive");
+  config["keep-alive"] = 1;
+  EXPECT_TRUE(FailsWith(config, ErrorKind::config_invalid, "keep-alive: expected true or false, got 1"));
+}
+
+TEST(ConfigGracefulTime, BothSpellingsAreAccepted) {
+  for (const char* key : {"graceful-time", "graceful_time"}) {
+    SCOPED_TRACE(key);
+    Json config = config_with(web_process());
+    config[key] = 3;
+    EXPECT_DOUBLE_EQ(pymanager::parse_config(config, builtins()).graceful_time, 3.0);
+    config[key] = 2.5;
+    EXPECT_DOUBLE_EQ(pymanager::parse_config(config, builtins()).graceful_time, 2.5);
+    config[key] = 0;
+    EXPECT_DOUBLE_EQ(pymanager::parse_config(config, builtins()).graceful_time, 0.0);
+  }
+}
+
+TEST(ConfigGracefulTime, BothSpellingsAtOnceNameTheSecond) {
+  Json config = config_with(web_process());
+  config["graceful-time"] = 5;
+  config["graceful_time"] = 5;
+  EXPECT_TRUE(FailsWith(config, ErrorKind::config_invalid, "graceful_time: given twice, also as graceful-time"));
+}
+
+TEST(ConfigGracefulTime, NegativeIsAnError) {
+  Json config = config_with(web_process());
+  config["graceful_time"] = -1;
+  EXPECT_TRUE(FailsAt(config, "graceful_time", {"must be at least 0", "-1"}));
+  config.erase("graceful_time");
+  config["graceful-time"] = -0.5;
+  EXPECT_TRUE(FailsAt(config, "graceful-time", {"must be at least 0", "-0.5"}));
+}
+
+TEST(ConfigGracefulTime, NotANumberIsAnError) {
+  Json config = config_with(web_process());
+  config["graceful-time"] = "10";
+  EXPECT_TRUE(FailsWith(config, ErrorKind::config_invalid, "graceful-time: expected a number, got a string"));
+}
+
+// ---------------------------------------------------------------------------
+// messages
+
+TEST(ConfigMessages, ProcessExit) {
+  Json config = config_with(web_process());
+  config["messages"] = {"process.exit"};
+  auto messages = pymanager::parse_config(config, builtins()).messages;
+  EXPECT_TRUE(messages.process_exit);
+  EXPECT_FALSE(messages.verifier_fail);
+  EXPECT_FALSE(messages.verifier_verbose);
+}
+
+TEST(ConfigMessages, VerifierFail) {
+  Json config = config_with(web_process());
+  config["messages"] = {"verifier.fail"};
+  auto messages = pymanager::parse_config(config, builtins()).messages;
+  EXPECT_FALSE(messages.process_exit);
+  EXPECT_TRUE(messages.verifier_fail);
+  EXPECT_FALSE(messages.verifier_verbose);
+}
+
+TEST(ConfigMessages, VerifierVerboseImpliesFail) {
+  Json config = config_with(web_process());
+  config["messages"] = {"verifier.verbose"};
+  auto messages = pymanager::parse_config(config, builtins()).messages;
+  EXPECT_FALSE(messages.process_exit);
+  EXPECT_TRUE(messages.verifier_fail);
+  EXPECT_TRUE(messages.verifier_verbose);
+}
+
+TEST(ConfigMessages, AllAtOnceAndEmptyList) {
+  Json config = config_with(web_process());
+  config["messages"] = {"verifier.verbose", "process.exit", "verifier.fail"};
+  auto messages = pymanager::parse_config(config, builtins()).messages;
+  EXPECT_TRUE(messages.process_exit);
+  EXPECT_TRUE(messages.verifier_fail);
+  EXPECT_TRUE(messages.verifier_verbose);
+
+  config["messages"] = Json::array();
+  messages = pymanager::parse_config(config, builtins()).messages;
+  EXPECT_FALSE(messages.process_exit);
+  EXPECT_FALSE(messages.verifier_fail);
+  EXPECT_FALSE(messages.verifier_verbose);
+}
+
+TEST(ConfigMessages, MisspelledTypeGetsASuggestion) {
+  Json config = config_with(web_process());
+  config["messages"] = {"verifier.fail", "process.exti"};
+  EXPECT_TRUE(FailsWith(config, ErrorKind::config_invalid,
+                        "messages[1]: unknown message type 'process.exti' (did you mean process.exit?)"));
+}
+
+TEST(ConfigMessages, UnrelatedTypeListsTheKnownOnes) {
+  Json config = config_with(web_process());
+  config["messages"] = {"debug"};
+  EXPECT_TRUE(FailsAt(config, "messages[0]",
+                      {"unknown message type 'debug'", "process.exit", "verifier.fail", "verifier.verbose"}));
+  EXPECT_FALSE(contains(try_parse(config).message, "did you mean"));
+}
+
+TEST(ConfigMessages, WrongTypes) {
+  Json config = config_with(web_process());
+  config["messages"] = "process.exit";
+  EXPECT_TRUE(FailsWith(config, ErrorKind::config_invalid, "messages: expected a list of strings, got a string"));
+  config["messages"] = Json::array({"process.exit", 3});
+  EXPECT_TRUE(FailsWith(config, ErrorKind::config_invalid, "messages[1]: expected a string, got 3"));
+}
+
+// ---------------------------------------------------------------------------
+// http and default_shell
+
+TEST(ConfigHttp, PortNotAnIntegerIsAnError) {
+  Json config = config_with(web_process());
+  config["http"] = parse_json(R"({"enabled": true, "port": "5001"})");
+  EXPECT_TRUE(FailsWith(config, ErrorKind::config_invalid, "http.port: expected an integer, got a string"));
+  config["http"]["port"] = 5001.5;
+  EXPECT_TRUE(FailsWith(config, ErrorKind::config_invalid, "http.port: expected an integer, got 5001.5"));
+}
+
+TEST(ConfigHttp, PortOutOfRangeIsAnError) {
+  Json config = config_with(web_process());
+  config["http"] = parse_json(R"({"enabled": true, "port": 70000})");
+  EXPECT_TRUE(FailsAt(config, "http.port", {"65535", "70000"}));
+  config["http"]["port"] = -1;
+  EXPECT_TRUE(FailsAt(config, "http.port", {"65535", "-1"}));
+}
+
+TEST(ConfigHttp, OtherMistakes) {
+  Json config = config_with(web_process());
+  config["http"] = true;
+  EXPECT_TRUE(FailsWith(config, ErrorKind::config_invalid, "http: expected an object, got true"));
+  config["http"] = parse_json(R"({"enabled": "true"})");
+  EXPECT_TRUE(FailsWith(config, ErrorKind::config_invalid, "http.enabled: expected true or false, got a string"));
+  config["http"] = parse_json(R"({"enabled": true, "prot": 5002})");
+  EXPECT_TRUE(FailsWith(config, ErrorKind::config_invalid, "http.prot: unknown key (did you mean port?)"));
+}
+
+TEST(ConfigDefaultShell, CustomAndInvalid) {
+  Json config = config_with(web_process());
+  config["default_shell"] = "/bin/bash";
+  EXPECT_EQ(pymanager::parse_config(config, builtins()).default_shell, "/bin/bash");
+  config["default_shell"] = "";
+  EXPECT_TRUE(FailsWith(config, ErrorKind::config_invalid, "default_shell: must not be empty"));
+  config["default_shell"] = true;
+  EXPECT_TRUE(FailsWith(config, ErrorKind::config_invalid, "default_shell: expected a string, got true"));
+}
+
+// ---------------------------------------------------------------------------
+// options.shell
+
+TEST(ConfigShell, TrueUsesTheDefaultShell) {
+  Json process = web_process();
+  process["options"]["shell"] = true;
+  Json config = config_with(process);
+  EXPECT_EQ(pymanager::parse_config(config, builtins()).processes.at(0).shell, "/bin/sh");
+}
+
+TEST(ConfigShell, TrueUsesACustomDefaultShell) {
+  Json process = web_process();
+  process["options"]["shell"] = true;
+  Json config = config_with(process);
+  // Written after the processes on purpose: the order of keys in the file must not matter.
+  config["default_shell"] = "/bin/bash";
+  EXPECT_EQ(pymanager::parse_config(config, builtins()).processes.at(0).shell, "/bin/bash");
+}
+
+TEST(ConfigShell, AStringIsThatShell) {
+  Json process = web_process();
+  process["options"]["shell"] = "/usr/bin/zsh";
+  Config config = pymanager::parse_config(config_with(process), builtins());
+  EXPECT_EQ(config.processes.at(0).shell, "/usr/bin/zsh");
+  EXPECT_EQ(config.default_shell, "/bin/sh");
+}
+
+TEST(ConfigShell, FalseIsNoShell) {
+  Json process = web_process();
+  process["options"]["shell"] = false;
+  EXPECT_TRUE(pymanager::parse_config(config_with(process), builtins()).processes.at(0).shell.empty());
+}
+
+TEST(ConfigShell, ANumberOrAnEmptyStringIsAnError) {
+  Json process = web_process();
+  process["options"]["shell"] = 1;
+  EXPECT_TRUE(FailsWith(config_with(process), ErrorKind::config_invalid,
+                        "processes.web.options.shell: expected true, false or the path of a shell, got 1"));
+  process["options"]["shell"] = "";
+  EXPECT_TRUE(FailsAt(config_with(process), "processes.web.options.shell", {"got a string"}));
+}
+
+// ---------------------------------------------------------------------------
+// Errors in a process
+
+TEST(ConfigProcessErrors, ArgumentNotAString) {
+  Json process = web_process();
+  process["arguments"] = Json::array({"--port", 5});
+  EXPECT_TRUE(FailsWith(config_with(process), ErrorKind::config_invalid,
+                        "processes.web.arguments[1]: expected a string, got 5"));
+}
+
+TEST(ConfigProcessErrors, ArgumentsNotAList) {
+  Json process = web_process();
+  process["arguments"] = "--port 5";
+  EXPECT_TRUE(FailsWith(config_with(process), ErrorKind::config_invalid,
+                        "processes.web.arguments: expected a list of strings, got a string"));
+}
+
+TEST(ConfigProcessErrors, ExecutableNotAString) {
+  Json process = web_process();
+  process["executable"] = Json::array({"/bin/echo"});
+  EXPECT_TRUE(FailsWith(config_with(process), ErrorKind::config_invalid,
+                        "processes.web.executable: expected a string, got an array"));
+  process["executable"] = nullptr;
+  EXPECT_TRUE(FailsWith(config_with(process), ErrorKind::config_invalid,
+                        "processes.web.executable: expected a string, got null"));
+}
+
+TEST(ConfigProcessErrors, MissingExecutable) {
+  Json process = web_process();
+  process.erase("executable");
+  EXPECT_TRUE(FailsWith(config_with(process), ErrorKind::config_invalid,
+                        "processes.web.executable: required key is missing"));
+}
+
+TEST(ConfigProcessErrors, EmptyExecutable) {
+  Json process = web_process();
+  process["executable"] = "";
+  EXPECT_TRUE(
+      FailsWith(config_with(process), ErrorKind::config_invalid, "processes.web.executable: must not be empty"));
+}
+
+TEST(ConfigProcessErrors, MissingArguments) {
+  Json process = web_process();
+  process.erase("arguments");
+  EXPECT_TRUE(FailsAt(config_with(process), "processes.web.arguments", {"required key is missing", "[]"}));
+}
+
+TEST(ConfigProcessErrors, MisspelledRequiredKeyIsNamed) {
+  // A typo in a required key names the typo, not just the missing key.
+  Json process = parse_json(R"({"executabel": "/bin/echo", "arguments": []})");
+  EXPECT_TRUE(FailsWith(config_with(process), ErrorKind::config_invalid,
+                        "processes.web.executabel: unknown key (did you mean executable?)"));
+  process = parse_json(R"({"executable": "/bin/echo", "argument": []})");
+  EXPECT_TRUE(FailsWith(config_with(process), ErrorKind::config_invalid,
+                        "processes.web.argument: unknown key (did you mean arguments?)"));
+}
+
+TEST(ConfigVerifier, MisspelledRequiredKeyIsNamed) {
+  Json config = config_with_verifier(kExited, Json::object());
+  config["processes"]["web"]["verifier"].erase("type");
+  config["processes"]["web"]["verifier"]["typ"] = kExited;
+  EXPECT_TRUE(FailsWith(config, ErrorKind::config_invalid,
+                        "processes.web.verifier.typ: unknown key (did you mean type?)"));
+  EXPECT_TRUE(FailsWith(config_with_verifier(kHttpOk, {{"uri", "http://localhost/"}}), ErrorKind::config_invalid,
+                        "processes.web.verifier.arguments.uri: unknown key (did you mean url?)"));
+}
+
+TEST(ConfigProcessErrors, ProcessNotAnObject) {
+  Json config = parse_json(R"({"processes": {"web": ["/bin/echo"]}})");
+  EXPECT_TRUE(FailsWith(config, ErrorKind::config_invalid, "processes.web: expected an object, got an array"));
+}
+
+TEST(ConfigProcessErrors, EmptyProcessName) {
+  Json config = parse_json(R"({"processes": {"": {"executable": "x", "arguments": []}}})");
+  EXPECT_TRUE(FailsAt(config, "processes", {"name must not be empty"}));
+}
+
+TEST(ConfigProcessErrors, TheFailingProcessIsNamed) {
+  Json config = parse_json(R"({"processes": {
+      "first": {"executable": "a", "arguments": []},
+      "second": {"executable": "b", "arguments": [true]}}})");
+  EXPECT_TRUE(FailsWith(config, ErrorKind::config_invalid, "processes.second.arguments[0]: expected a string, got true"));
+}
+
+TEST(ConfigOptionErrors, SuppressTogetherWithRedirect) {
+  Json process = web_process();
+  process["options"] = parse_json(R"({"suppress_output": true, "redirect_output": "out.log"})");
+  EXPECT_TRUE(FailsWith(config_with(process), ErrorKind::config_invalid,
+                        "processes.web.options.redirect_output: cannot be used together with suppress_output"));
+}
+
+TEST(ConfigOptionErrors, WrongTypesAndEmptyStrings) {
+  Json process = web_process();
+  process["options"] = "quiet";
+  EXPECT_TRUE(FailsWith(config_with(process), ErrorKind::config_invalid,
+                        "processes.web.options: expected an object, got a string"));
+  process["options"] = parse_json(R"({"suppress_output": "yes"})");
+  EXPECT_TRUE(FailsWith(config_with(process), ErrorKind::config_invalid,
+                        "processes.web.options.suppress_output: expected true or false, got a string"));
+  process["options"] = parse_json(R"({"redirect_output": 1})");
+  EXPECT_TRUE(FailsWith(config_with(process), ErrorKind::config_invalid,
+                        "processes.web.options.redirect_output: expected a string, got 1"));
+  for (const char* key : {"redirect_output", "working_directory", "environment_file"}) {
+    SCOPED_TRACE(key);
+    process["options"] = Json::object();
+    process["options"][key] = "";
+    EXPECT_TRUE(FailsWith(config_with(process), ErrorKind::config_invalid,
+                          std::string("processes.web.options.") + key + ": must not be empty"));
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Unknown keys
+
+TEST(ConfigUnknownKeys, InOptionsWithSuggestion) {
+  Json process = web_process();
+  process["options"] = parse_json(R"({"redirect_ouput": "out.log"})");
+  EXPECT_TRUE(FailsWith(config_with(process), ErrorKind::config_invalid,
+                        "processes.web.options.redirect_ouput: unknown key (did you mean redirect_output?)"));
+}
+
+TEST(ConfigUnknownKeys, AtTopLevelWithSuggestion) {
+  Json config = config_with(web_process());
+  config["keep-alvie"] = true;
+  EXPECT_TRUE(FailsWith(config, ErrorKind::config_invalid, "keep-alvie: unknown key (did you mean keep-alive?)"));
+}
+
+TEST(ConfigUnknownKeys, MisspelledProcessesIsNotReportedAsNoProcesses) {
+  Json config = parse_json(R"({"proccesses": {"web": {"executable": "x", "arguments": []}}})");
+  EXPECT_TRUE(FailsWith(config, ErrorKind::config_invalid, "proccesses: unknown key (did you mean processes?)"));
+}
+
+TEST(ConfigUnknownKeys, InAProcessWithSuggestion) {
+  Json process = web_process();
+  process["optoins"] = Json::object();
+  EXPECT_TRUE(FailsWith(config_with(process), ErrorKind::config_invalid,
+                        "processes.web.optoins: unknown key (did you mean options?)"));
+}
+
+TEST(ConfigUnknownKeys, FarFromAnyKnownKeyHasNoSuggestion) {
+  Json config = config_with(web_process());
+  config["zzzzzzzzzz"] = 1;
+  EXPECT_TRUE(FailsWith(config, ErrorKind::config_invalid, "zzzzzzzzzz: unknown key"));
+
+  Json process = web_process();
+  process["color"] = "blue";
+  EXPECT_TRUE(FailsWith(config_with(process), ErrorKind::config_invalid, "processes.web.color: unknown key"));
+
+  process = web_process();
+  process["options"] = parse_json(R"({"restart_policy": "always"})");
+  EXPECT_TRUE(
+      FailsWith(config_with(process), ErrorKind::config_invalid, "processes.web.options.restart_policy: unknown key"));
+}
+
+// ---------------------------------------------------------------------------
+// Top level and processes
+
+TEST(ConfigProcesses, MissingKeyMeansNoProcesses) {
+  Json config = parse_json(R"({"keep-alive": true})");
+  Outcome outcome = try_parse(config);
+  EXPECT_TRUE(has_kind(outcome, ErrorKind::config_no_processes));
+  EXPECT_TRUE(contains(outcome.message, "processes")) << outcome.message;
+}
+
+TEST(ConfigProcesses, EmptyObjectMeansNoProcesses) {
+  Outcome outcome = try_parse(parse_json(R"({"processes": {}})"));
+  EXPECT_TRUE(has_kind(outcome, ErrorKind::config_no_processes));
+  EXPECT_TRUE(contains(outcome.message, "processes")) << outcome.message;
+  EXPECT_TRUE(has_kind(try_parse(Json::object()), ErrorKind::config_no_processes));
+}
+
+TEST(ConfigProcesses, NotAnObjectIsInvalid) {
+  EXPECT_TRUE(FailsAt(parse_json(R"({"processes": [{"executable": "x", "arguments": []}]})"), "processes",
+                      {"expected an object", "got an array"}));
+  EXPECT_TRUE(FailsAt(parse_json(R"({"processes": "web"})"), "processes", {"got a string"}));
+  EXPECT_TRUE(FailsAt(parse_json(R"({"processes": []})"), "processes", {"got an array"}));
+}
+
+TEST(ConfigProcesses, TopLevelNotAnObjectIsInvalid) {
+  Outcome outcome = try_parse(parse_json("[1, 2]"));
+  EXPECT_TRUE(has_kind(outcome, ErrorKind::config_invalid));
+  EXPECT_TRUE(contains(outcome.message, "expected an object, got an array")) << outcome.message;
+}
+
+// ---------------------------------------------------------------------------
+// modules
+
+TEST(ConfigModules, ParsedIntoTheModuleMap) {
+  Json config = config_with(web_process());
+  config["modules"] = parse_json(R"({
+      "pymutils.http_verifier": {"verifiers": ["HttpOkVerifier"]},
+      "pymutils.exited_verifier": {"verifiers": ["ExitedVerifier"]},
+      "empty.module": {}})");
+  Config parsed = pymanager::parse_config(config, builtins());
+  ASSERT_EQ(parsed.modules.size(), 3u);
+  EXPECT_EQ(parsed.modules.at("pymutils.exited_verifier"), std::vector<std::string>{"ExitedVerifier"});
+  EXPECT_EQ(parsed.modules.at("pymutils.http_verifier"), std::vector<std::string>{"HttpOkVerifier"});
+  EXPECT_TRUE(parsed.modules.at("empty.module").empty());
+}
+
+TEST(ConfigModules, WrongShapes) {
+  Json config = config_with(web_process());
+  config["modules"] = Json::array({"pymutils.http_verifier"});
+  EXPECT_TRUE(FailsWith(config, ErrorKind::config_invalid, "modules: expected an object, got an array"));
+  config["modules"] = parse_json(R"({"pymutils.http_verifier": ["HttpOkVerifier"]})");
+  EXPECT_TRUE(FailsWith(config, ErrorKind::config_invalid,
+                        "modules.pymutils.http_verifier: expected an object, got an array"));
+  config["modules"] = parse_json(R"({"pymutils.http_verifier": {"verifiers": "HttpOkVerifier"}})");
+  EXPECT_TRUE(FailsWith(config, ErrorKind::config_invalid,
+                        "modules.pymutils.http_verifier.verifiers: expected a list of strings, got a string"));
+  config["modules"] = parse_json(R"({"pymutils.http_verifier": {"verifiers": ["HttpOkVerifier", 2]}})");
+  EXPECT_TRUE(FailsWith(config, ErrorKind::config_invalid,
+                        "modules.pymutils.http_verifier.verifiers[1]: expected a string, got 2"));
+  config["modules"] = parse_json(R"({"pymutils.http_verifier": {"verifier": ["HttpOkVerifier"]}})");
+  EXPECT_TRUE(FailsWith(config, ErrorKind::config_invalid,
+                        "modules.pymutils.http_verifier.verifier: unknown key (did you mean verifiers?)"));
+}
+
+// ---------------------------------------------------------------------------
+// Verifiers
+
+TEST(ConfigVerifier, ExitedVerifierParses) {
+  Config config = pymanager::parse_config(config_with_verifier(kExited, {{"timeout", 5}, {"expect_code", 3}}),
+                                          builtins());
+  const auto& web = config.processes.at(0);
+  ASSERT_TRUE(web.verifier.has_value());
+  EXPECT_EQ(web.verifier->type, kExited);
+  EXPECT_EQ(web.verifier->arguments, nlohmann::json({{"timeout", 5}, {"expect_code", 3}}));
+  ASSERT_NE(std::dynamic_pointer_cast<const pymanager::ExitedVerifier>(web.verifier->verifier), nullptr);
+  EXPECT_TRUE(web.verifier->verifier->expects_exit());
+}
+
+TEST(ConfigVerifier, ArgumentsMayBeOmitted) {
+  Json config = config_with_verifier(kExited, Json::object());
+  config["processes"]["web"]["verifier"].erase("arguments");
+  Config parsed = pymanager::parse_config(config, builtins());
+  ASSERT_TRUE(parsed.processes.at(0).verifier.has_value());
+  EXPECT_EQ(parsed.processes.at(0).verifier->arguments, nlohmann::json::object());
+  EXPECT_NE(parsed.processes.at(0).verifier->verifier, nullptr);
+}
+
+TEST(ConfigVerifier, HttpVerifierWithAllArguments) {
+  Json arguments = parse_json(R"({"url": "https://127.0.0.1:8443/health?x=1", "timeout": 2, "interval": 0.5,
+      "headers": {"Authorization": "Bearer t"}})");
+  Config config = pymanager::parse_config(config_with_verifier(kHttpOk, arguments), builtins());
+  auto http = std::dynamic_pointer_cast<const pymanager::HttpOkVerifier>(config.processes.at(0).verifier->verifier);
+  ASSERT_NE(http, nullptr);
+  EXPECT_EQ(http->url(), "https://127.0.0.1:8443/health?x=1");
+}
+
+TEST(ConfigVerifier, TypeNotLoadedUnderModules) {
+  // The seed example without its modules section.
+  Json config = parse_json(kSeedReadmeExample);
+  config.erase("modules");
+  EXPECT_TRUE(FailsAt(config, "processes.test.verifier.type",
+                      {"'pymutils.http_verifier.HttpOkVerifier' is not loaded under modules", "(loaded: none)"}));
+
+  // Only the other built-in module is listed.
+  config["modules"] = parse_json(R"({"pymutils.exited_verifier": {"verifiers": ["ExitedVerifier"]}})");
+  EXPECT_TRUE(FailsAt(config, "processes.test.verifier.type",
+                      {"is not loaded under modules", "pymutils.exited_verifier.ExitedVerifier"}));
+}
+
+TEST(ConfigVerifier, MisspelledTypeGetsASuggestion) {
+  Json config = config_with_verifier("pymutils.http_verifier.HttpOKVerifier", {{"url", "http://localhost/"}});
+  EXPECT_TRUE(FailsAt(config, "processes.web.verifier.type",
+                      {"not loaded under modules", "did you mean pymutils.http_verifier.HttpOkVerifier?"}));
+}
+
+TEST(ConfigVerifier, TypeListedButNotKnownToTheRegistry) {
+  Json config = config_with_verifier("mymod.MyVerifier", Json::object());
+  config["modules"]["mymod"]["verifiers"] = {"MyVerifier"};
+  EXPECT_TRUE(FailsAt(config, "processes.web.verifier.type",
+                      {"unknown verifier 'mymod.MyVerifier'", kHttpOk, kExited}));
+}
+
+TEST(ConfigVerifier, MissingTypeAndWrongShapes) {
+  Json config = config_with_verifier(kExited, Json::object());
+  config["processes"]["web"]["verifier"].erase("type");
+  EXPECT_TRUE(FailsWith(config, ErrorKind::config_invalid, "processes.web.verifier.type: required key is missing"));
+
+  config = config_with_verifier(kExited, Json::object());
+  config["processes"]["web"]["verifier"] = kExited;
+  EXPECT_TRUE(
+      FailsWith(config, ErrorKind::config_invalid, "processes.web.verifier: expected an object, got a string"));
+
+  config = config_with_verifier(kExited, Json::array({30}));
+  EXPECT_TRUE(FailsWith(config, ErrorKind::config_invalid,
+                        "processes.web.verifier.arguments: expected an object, got an array"));
+
+  config = config_with_verifier(kExited, Json::object());
+  config["processes"]["web"]["verifier"]["args"] = Json::object();
+  EXPECT_TRUE(FailsAt(config, "processes.web.verifier.args", {"unknown key"}));
+}
+
+TEST(ConfigVerifier, HttpMissingUrl) {
+  EXPECT_TRUE(FailsWith(config_with_verifier(kHttpOk, {{"timeout", 5}}), ErrorKind::config_invalid,
+                        "processes.web.verifier.arguments.url: required key is missing"));
+}
+
+TEST(ConfigVerifier, HttpBadUrl) {
+  for (const char* url : {"ftp://x", "google.com", "http://", "http://:80/"}) {
+    SCOPED_TRACE(url);
+    EXPECT_TRUE(FailsWith(config_with_verifier(kHttpOk, {{"url", url}}), ErrorKind::config_invalid,
+                          std::string("processes.web.verifier.arguments.url: expected an http:// or https:// URL, got '") +
+                              url + "'"));
+  }
+  EXPECT_TRUE(FailsWith(config_with_verifier(kHttpOk, {{"url", 80}}), ErrorKind::config_invalid,
+                        "processes.web.verifier.arguments.url: expected a string, got 80"));
+}
+
+TEST(ConfigVerifier, HttpUnknownArgumentGetsASuggestion) {
+  EXPECT_TRUE(FailsWith(config_with_verifier(kHttpOk, {{"url", "http://localhost:8080/"}, {"timout", 5}}),
+                        ErrorKind::config_invalid,
+                        "processes.web.verifier.arguments.timout: unknown key (did you mean timeout?)"));
+}
+
+TEST(ConfigVerifier, HttpWrongArgumentTypes) {
+  EXPECT_TRUE(FailsWith(config_with_verifier(kHttpOk, {{"url", "http://x/"}, {"timeout", "30"}}),
+                        ErrorKind::config_invalid,
+                        "processes.web.verifier.arguments.timeout: expected a number, got a string"));
+  EXPECT_TRUE(FailsAt(config_with_verifier(kHttpOk, {{"url", "http://x/"}, {"interval", -1}}),
+                      "processes.web.verifier.arguments.interval", {"must be at least 0"}));
+  EXPECT_TRUE(FailsWith(config_with_verifier(kHttpOk, {{"url", "http://x/"}, {"headers", {{"X-A", 1}}}}),
+                        ErrorKind::config_invalid,
+                        "processes.web.verifier.arguments.headers.X-A: expected a string, got 1"));
+}
+
+TEST(ConfigVerifier, ExitedExpectCodeNotAnInteger) {
+  EXPECT_TRUE(FailsWith(config_with_verifier(kExited, {{"expect_code", "0"}}), ErrorKind::config_invalid,
+                        "processes.web.verifier.arguments.expect_code: expected an integer, got a string"));
+  EXPECT_TRUE(FailsWith(config_with_verifier(kExited, {{"expect_code", 1.5}}), ErrorKind::config_invalid,
+                        "processes.web.verifier.arguments.expect_code: expected an integer, got 1.5"));
+  EXPECT_TRUE(FailsAt(config_with_verifier(kExited, {{"expect_code", 300}}),
+                      "processes.web.verifier.arguments.expect_code", {"255", "300"}));
+}
+
+TEST(ConfigVerifier, ExitedUnknownArgumentAndNegativeTimeout) {
+  EXPECT_TRUE(FailsWith(config_with_verifier(kExited, {{"expected_code", 0}}), ErrorKind::config_invalid,
+                        "processes.web.verifier.arguments.expected_code: unknown key (did you mean expect_code?)"));
+  EXPECT_TRUE(FailsAt(config_with_verifier(kExited, {{"timeout", -3}}), "processes.web.verifier.arguments.timeout",
+                      {"must be at least 0", "-3"}));
+}
+
+// A verifier a user registers: records the arguments its factory got.
+class MyVerifier : public pymanager::Verifier {
+ public:
+  explicit MyVerifier(nlohmann::json arguments) : arguments_(std::move(arguments)) {}
+  pymanager::VerifyResult verify(pymanager::VerifyContext&) const override { return pymanager::VerifyResult::ok(); }
+  const nlohmann::json& arguments() const { return arguments_; }
+
+ private:
+  nlohmann::json arguments_;
+};
+
+TEST(ConfigVerifier, UserRegisteredVerifier) {
+  struct Call {
+    nlohmann::json arguments;
+    std::string path;
+    std::shared_ptr<const MyVerifier> made;
+  };
+  auto calls = std::make_shared<std::vector<Call>>();
+  VerifierRegistry registry = pymanager::builtin_verifiers();
+  registry.add("mymod.MyVerifier", [calls](const nlohmann::json& arguments, const std::string& path) {
+    auto made = std::make_shared<const MyVerifier>(arguments);
+    calls->push_back({arguments, path, made});
+    return std::shared_ptr<const pymanager::Verifier>(made);
+  });
+  EXPECT_TRUE(registry.contains("mymod.MyVerifier"));
+  EXPECT_TRUE(registry.contains(kHttpOk));
+
+  Json config = parse_json(R"({
+    "modules": {"mymod": {"verifiers": ["MyVerifier"]}},
+    "processes": {
+      "db": {"executable": "db", "arguments": [],
+             "verifier": {"type": "mymod.MyVerifier", "arguments": {"port": 5432, "name": "test"}}},
+      "plain": {"executable": "p", "arguments": []}
+    }
+  })");
+  Config parsed = pymanager::parse_config(config, registry);
+
+  ASSERT_EQ(calls->size(), 1u);
+  const Call& call = calls->at(0);
+  EXPECT_EQ(call.path, "processes.db.verifier.arguments");
+  EXPECT_EQ(call.arguments, nlohmann::json({{"port", 5432}, {"name", "test"}}));
+
+  ASSERT_EQ(parsed.processes.size(), 2u);
+  const auto& db = parsed.processes[0];
+  ASSERT_TRUE(db.verifier.has_value());
+  EXPECT_EQ(db.verifier->type, "mymod.MyVerifier");
+  EXPECT_EQ(db.verifier->arguments, call.arguments);
+  EXPECT_EQ(db.verifier->verifier.get(), call.made.get());
+  auto mine = std::dynamic_pointer_cast<const MyVerifier>(db.verifier->verifier);
+  ASSERT_NE(mine, nullptr);
+  EXPECT_EQ(mine->arguments().at("port"), 5432);
+  EXPECT_FALSE(parsed.processes[1].verifier.has_value());
+
+  // Registered but not listed under modules: still rejected, as the original did.
+  config.erase("modules");
+  EXPECT_TRUE(FailsAt(config, "processes.db.verifier.type", {"not loaded under modules"}, registry));
+  // Listed but only the built-in registry: unknown to this build.
+  config["modules"]["mymod"]["verifiers"] = {"MyVerifier"};
+  EXPECT_TRUE(FailsAt(config, "processes.db.verifier.type", {"unknown verifier 'mymod.MyVerifier'"}, builtins()));
+}
+
+TEST(ConfigVerifier, UserFactoryErrorsPropagate) {
+  VerifierRegistry registry;
+  registry.add("mymod.Strict", [](const nlohmann::json& arguments, const std::string& path) {
+    pymanager::detail::ObjectReader<nlohmann::json> reader(arguments, path);
+    reader.required_string("socket");
+    reader.finish();
+    return std::shared_ptr<const pymanager::Verifier>(std::make_shared<const MyVerifier>(arguments));
+  });
+  Json config = parse_json(R"({
+    "modules": {"mymod": {"verifiers": ["Strict"]}},
+    "processes": {"db": {"executable": "db", "arguments": [],
+                         "verifier": {"type": "mymod.Strict", "arguments": {"sockt": "/tmp/s"}}}}
+  })");
+  Outcome outcome = try_parse(config, registry);
+  EXPECT_TRUE(has_kind(outcome, ErrorKind::config_invalid));
+  EXPECT_EQ(outcome.message.rfind("processes.db.verifier.arguments.", 0), 0u) << outcome.message;
+}
+
+// ---------------------------------------------------------------------------
+// load_config_file
+
+class ConfigFile : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const char* base = std::getenv("TEST_TMPDIR");
+    std::string pattern = std::string(base != nullptr && *base != '\0' ? base : "/tmp") + "/config_test.XXXXXX";
+    std::vector<char> buffer(pattern.begin(), pattern.end());
+    buffer.push_back('\0');
+    ASSERT_NE(::mkdtemp(buffer.data()), nullptr);
+    dir_ = buffer.data();
+  }
+
+  void TearDown() override {
+    for (const auto& file : files_) {
+      ::chmod(file.c_str(), 0600);
+      ::unlink(file.c_str());
+    }
+    for (auto it = dirs_.rbegin(); it != dirs_.rend(); ++it) ::rmdir(it->c_str());
+    if (!dir_.empty()) ::rmdir(dir_.c_str());
+  }
+
+  std::string write(const std::string& name, const std::string& content) {
+    std::string path = dir_ + "/" + name;
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out << content;
+    out.close();
+    EXPECT_TRUE(static_cast<bool>(out)) << "cannot write " << path;
+    files_.push_back(path);
+    return path;
+  }
+
+  std::string make_dir(const std::string& name) {
+    std::string path = dir_ + "/" + name;
+    EXPECT_EQ(::mkdir(path.c_str(), 0700), 0) << path;
+    dirs_.push_back(path);
+    return path;
+  }
+
+  static Outcome try_load(const std::string& path) {
+    Outcome outcome;
+    try {
+      pymanager::load_config_file(path, builtins());
+    } catch (const Error& e) {
+      outcome.threw = true;
+      outcome.kind = e.kind();
+      outcome.message = e.what();
+    }
+    return outcome;
+  }
+
+  std::string dir_;
+  std::vector<std::string> files_;
+  std::vector<std::string> dirs_;
+};
+
+TEST_F(ConfigFile, ValidFileIsParsed) {
+  std::string path = write("pymanager.json", kSeedReadmeExample);
+  Config config = pymanager::load_config_file(path, builtins());
+  EXPECT_TRUE(config.keep_alive);
+  EXPECT_TRUE(config.http.enabled);
+  ASSERT_EQ(config.processes.size(), 1u);
+  EXPECT_EQ(config.processes[0].name, "test");
+  ASSERT_TRUE(config.processes[0].verifier.has_value());
+  EXPECT_EQ(config.processes[0].verifier->type, kHttpOk);
+}
+
+TEST_F(ConfigFile, FileKeepsProcessOrder) {
+  std::string path = write("order.json", R"({"processes": {
+      "zeta": {"executable": "z", "arguments": []},
+      "alpha": {"executable": "a", "arguments": []},
+      "mid": {"executable": "m", "arguments": []}}})");
+  Config config = pymanager::load_config_file(path, builtins());
+  ASSERT_EQ(config.processes.size(), 3u);
+  EXPECT_EQ(config.processes[0].name, "zeta");
+  EXPECT_EQ(config.processes[1].name, "alpha");
+  EXPECT_EQ(config.processes[2].name, "mid");
+}
+
+TEST_F(ConfigFile, MissingFileIsNotFound) {
+  std::string path = dir_ + "/does-not-exist.json";
+  Outcome outcome = try_load(path);
+  EXPECT_TRUE(has_kind(outcome, ErrorKind::config_not_found));
+  EXPECT_TRUE(contains(outcome.message, path)) << outcome.message;
+}
+
+TEST_F(ConfigFile, DirectoryIsUnreadable) {
+  std::string path = make_dir("pymanager.json");
+  Outcome outcome = try_load(path);
+  EXPECT_TRUE(has_kind(outcome, ErrorKind::config_unreadable));
+  EXPECT_TRUE(contains(outcome.message, path)) << outcome.message;
+}
+
+TEST_F(ConfigFile, FileWithoutReadPermissionIsUnreadable) {
+  if (::geteuid() == 0) GTEST_SKIP() << "running as root: chmod 000 does not stop root from reading";
+  std::string path = write("secret.json", kSeedReadmeExample);
+  ASSERT_EQ(::chmod(path.c_str(), 0), 0);
+  Outcome outcome = try_load(path);
+  EXPECT_TRUE(has_kind(outcome, ErrorKind::config_unreadable));
+  EXPECT_TRUE(contains(outcome.message, path)) << outcome.message;
+}
+
+TEST_F(ConfigFile, InvalidJsonIsNotJson) {
+  std::string path = write("broken.json", R"({"processes": {"web": {"executable": "x",}})");
+  Outcome outcome = try_load(path);
+  EXPECT_TRUE(has_kind(outcome, ErrorKind::config_not_json));
+  EXPECT_TRUE(contains(outcome.message, path)) << outcome.message;
+  EXPECT_TRUE(contains(outcome.message, "not valid JSON")) << outcome.message;
+}
+
+TEST_F(ConfigFile, EmptyFileIsNotJson) {
+  std::string path = write("empty.json", "");
+  Outcome outcome = try_load(path);
+  EXPECT_TRUE(has_kind(outcome, ErrorKind::config_not_json));
+  EXPECT_TRUE(contains(outcome.message, path)) << outcome.message;
+}
+
+TEST_F(ConfigFile, InvalidConfigNamesFileAndPath) {
+  std::string path = write("bad.json", R"({"processes": {"web": {"executable": "x", "arguments": ["a", 5]}}})");
+  Outcome outcome = try_load(path);
+  EXPECT_TRUE(has_kind(outcome, ErrorKind::config_invalid));
+  EXPECT_EQ(outcome.message, path + ": processes.web.arguments[1]: expected a string, got 5");
+}
+
+TEST_F(ConfigFile, NoProcessesKeepsItsKind) {
+  std::string path = write("none.json", R"({"processes": {}})");
+  Outcome outcome = try_load(path);
+  EXPECT_TRUE(has_kind(outcome, ErrorKind::config_no_processes));
+  EXPECT_TRUE(contains(outcome.message, path)) << outcome.message;
+}
+
+// ---------------------------------------------------------------------------
+// Exit codes
+
+TEST(ConfigExitCodes, EachKindMapsToTheOriginalsCode) {
+  EXPECT_EQ(pymanager::exit_code_for(ErrorKind::config_not_found), 1);
+  EXPECT_EQ(pymanager::exit_code_for(ErrorKind::config_unreadable), 2);
+  EXPECT_EQ(pymanager::exit_code_for(ErrorKind::config_not_json), 3);
+  EXPECT_EQ(pymanager::exit_code_for(ErrorKind::config_no_processes), 4);
+  EXPECT_EQ(pymanager::exit_code_for(ErrorKind::config_invalid), 5);
+  EXPECT_EQ(pymanager::exit_code_for(ErrorKind::spawn_failed), 5);
+  EXPECT_EQ(pymanager::exit_code_for(ErrorKind::verify_failed), 5);
+  EXPECT_EQ(pymanager::exit_code_for(ErrorKind::system), 5);
+}
+
+}  // namespace
