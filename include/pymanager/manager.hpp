@@ -768,7 +768,9 @@ class Manager {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       auto& tail = procs_[s.index]->tail;
-      tail.push_back(line);
+      // Kept for diagnosis: a very long line is cut, so that memory stays small.
+      constexpr std::size_t kMaxKept = 4096;
+      tail.push_back(line.size() <= kMaxKept ? line : line.substr(0, kMaxKept) + "...");
       while (tail.size() > options_.output_lines_kept) tail.pop_front();
     }
     if (!s.to_terminal) return;

@@ -38,7 +38,7 @@ struct LaunchPlan {
   std::string path;               ///< absolute path given to execve
   std::vector<std::string> argv;  ///< argv[0] included
   std::vector<std::string> envp;  ///< NAME=value entries
-  std::string working_directory;  ///< absolute, or empty: the manager's own
+  std::string working_directory;  ///< absolute: working_directory, or the base directory
 };
 
 namespace detail {
@@ -127,6 +127,8 @@ inline LaunchPlan make_launch_plan(const ProcessSpec& spec, const Config& config
   }
   const std::string path_variable = detail::env_value(plan.envp, "PATH");
 
+  // Without working_directory, a process runs where pymanager was started.
+  plan.working_directory = base;
   if (spec.working_directory) {
     plan.working_directory = detail::join_dir(base, *spec.working_directory);
     struct stat st {};

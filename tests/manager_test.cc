@@ -1,0 +1,534 @@
+// The Manager with real processes: launch order, options, verifiers, output,
+// stopping whole process groups, and the keeper's cleanup after a crash.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "pymanager/pymanager.hpp"
+#include "tests/test_util.hpp"
+
+namespace {
+
+using ::testing::HasSubstr;
+using namespace std::chrono_literals;
+using testutil::wait_until;
+
+/// Collects the manager's log lines and its children's output.
+class Capture {
+ public:
+  Capture() {
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) throw std::runtime_error("pipe2");
+    read_fd_ = fds[0];
+    write_fd_ = fds[1];
+  }
+  ~Capture() {
+    ::close(read_fd_);
+    ::close(write_fd_);
+  }
+  pymanager::ManagerOptions options() {
+    pymanager::ManagerOptions o;
+    o.output_fd = write_fd_;
+    o.color = false;
+    o.log = [this](const std::string& line) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      log_ += line + "\n";
+    };
+    return o;
+  }
+  std::string log() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return log_;
+  }
+  /// Everything the children printed so far (with name prefixes).
+  std::string output() {
+    char buffer[65536];
+    for (;;) {
+      ssize_t n = ::read(read_fd_, buffer, sizeof buffer);
+      if (n <= 0) break;
+      output_.append(buffer, static_cast<std::size_t>(n));
+    }
+    return output_;
+  }
+  bool wait_output(const std::string& text, std::chrono::milliseconds timeout = 10000ms) {
+    return wait_until([&] { return output().find(text) != std::string::npos; }, timeout);
+  }
+
+ private:
+  int read_fd_, write_fd_;
+  std::mutex mutex_;
+  std::string log_;
+  std::string output_;
+};
+
+pymanager::Config parse(const std::string& text, const std::string& base = "") {
+  pymanager::Config config = pymanager::parse_config(nlohmann::ordered_json::parse(text), pymanager::builtin_verifiers());
+  config.base_directory = base;
+  return config;
+}
+
+const char* kModules = R"("modules": {
+    "pymutils.http_verifier": {"verifiers": ["HttpOkVerifier"]},
+    "pymutils.exited_verifier": {"verifiers": ["ExitedVerifier"]}
+  })";
+
+std::string config_text(const std::string& body, const std::string& extra = "") {
+  return std::string("{") + kModules + ", " + extra + (extra.empty() ? "" : ", ") + "\"processes\": {" + body + "}}";
+}
+
+/// Reads the first "<marker><number>" in `text`, or 0.
+pid_t pid_in(const std::string& text, const std::string& marker) {
+  auto pids = testutil::pids_after(text, marker);
+  return pids.empty() ? 0 : pids.front();
+}
+
+TEST(Manager, LaunchesInOrderAndWaitsForEachVerifier) {
+  std::string dir = testutil::make_temp_dir();
+  // "second" can only succeed if "first" ran to completion before it started.
+  auto config = parse(config_text(R"(
+    "first": {"executable": "sh", "arguments": ["-c", "sleep 0.2; echo one > order"],
+              "verifier": {"type": "pymutils.exited_verifier.ExitedVerifier"}},
+    "second": {"executable": "sh", "arguments": ["-c", "cat order > seen; echo two >> order"],
+              "verifier": {"type": "pymutils.exited_verifier.ExitedVerifier"}}
+  )"), dir);
+  Capture capture;
+  pymanager::Manager manager(config, capture.options());
+  manager.start();
+  EXPECT_EQ(testutil::read_file(dir + "/seen"), "one\n");
+  EXPECT_EQ(testutil::read_file(dir + "/order"), "one\ntwo\n");
+  auto processes = manager.processes();
+  ASSERT_EQ(processes.size(), 2u);
+  EXPECT_EQ(processes[0].name, "first");
+  EXPECT_EQ(processes[0].id, 1);
+  EXPECT_EQ(processes[1].id, 2);
+  ASSERT_TRUE(processes[1].exit.has_value());
+  EXPECT_EQ(processes[1].exit->code(), 0);
+}
+
+TEST(Manager, MissingExecutableIsASpawnErrorNamingTheProcessAndLeavesNothingRunning) {
+  auto config = parse(config_text(R"(
+    "sleepy": {"executable": "sh", "arguments": ["-c", "echo sleepy $$; exec sleep 1000"]},
+    "ghost": {"executable": "no-such-program-pymanager-test", "arguments": []}
+  )"));
+  Capture capture;
+  pymanager::Manager manager(config, capture.options());
+  try {
+    manager.start();
+    FAIL() << "start() should have thrown";
+  } catch (const pymanager::Error& e) {
+    EXPECT_EQ(e.kind(), pymanager::ErrorKind::spawn_failed);
+    EXPECT_THAT(e.what(), HasSubstr("'ghost'"));
+    EXPECT_THAT(e.what(), HasSubstr("no-such-program-pymanager-test"));
+    EXPECT_THAT(e.what(), HasSubstr("not found"));
+  }
+  pid_t sleepy = manager.processes()[0].pid;
+  ASSERT_GT(sleepy, 0);
+  EXPECT_TRUE(manager.finished());
+  EXPECT_FALSE(testutil::group_alive(sleepy));
+}
+
+TEST(Manager, NotExecutableAndMissingWorkingDirectoryAreClearErrors) {
+  std::string dir = testutil::make_temp_dir();
+  testutil::write_file(dir + "/script.sh", "#!/bin/sh\necho hi\n");
+  ::chmod((dir + "/script.sh").c_str(), 0644);
+  {
+    auto config = parse(config_text(R"("plain": {"executable": "./script.sh", "arguments": []})"), dir);
+    Capture capture;
+  pymanager::Manager manager(config, capture.options());
+    try {
+      manager.start();
+      FAIL() << "start() should have thrown";
+    } catch (const pymanager::Error& e) {
+      EXPECT_EQ(e.kind(), pymanager::ErrorKind::spawn_failed);
+      EXPECT_THAT(e.what(), HasSubstr("'plain'"));
+      EXPECT_THAT(e.what(), HasSubstr("Permission denied"));
+    }
+  }
+  {
+    auto config = parse(config_text(R"("lost": {"executable": "true", "arguments": [],
+                                              "options": {"working_directory": "nowhere"}})"), dir);
+    Capture capture;
+  pymanager::Manager manager(config, capture.options());
+    try {
+      manager.start();
+      FAIL() << "start() should have thrown";
+    } catch (const pymanager::Error& e) {
+      EXPECT_EQ(e.kind(), pymanager::ErrorKind::spawn_failed);
+      EXPECT_THAT(e.what(), HasSubstr("'lost'"));
+      EXPECT_THAT(e.what(), HasSubstr("working_directory " + dir + "/nowhere"));
+      EXPECT_THAT(e.what(), HasSubstr("No such file or directory"));
+    }
+  }
+}
+
+TEST(Manager, ExecutableIsRelativeToTheBaseDirectoryNotTheWorkingDirectory) {
+  std::string dir = testutil::make_temp_dir();
+  ::mkdir((dir + "/work").c_str(), 0755);
+  testutil::write_file(dir + "/tool.sh", "#!/bin/sh\necho \"cwd=$(pwd)\"\n");
+  ::chmod((dir + "/tool.sh").c_str(), 0755);
+  auto config = parse(config_text(R"("tool": {"executable": "./tool.sh", "arguments": [],
+      "options": {"working_directory": "work"},
+      "verifier": {"type": "pymutils.exited_verifier.ExitedVerifier"}})"), dir);
+  Capture capture;
+  pymanager::Manager manager(config, capture.options());
+  manager.start();
+  EXPECT_TRUE(capture.wait_output("tool | cwd=" + dir + "/work\n")) << capture.output();
+}
+
+TEST(Manager, ExitedVerifierReportsTheWrongCodeWithTheLastOutput) {
+  auto config = parse(config_text(R"(
+    "migrate": {"executable": "sh", "arguments": ["-c", "echo applying; echo 'table exists' >&2; exit 2"],
+                "verifier": {"type": "pymutils.exited_verifier.ExitedVerifier"}},
+    "never": {"executable": "sh", "arguments": ["-c", "echo launched > never-ran"]}
+  )"));
+  Capture capture;
+  pymanager::Manager manager(config, capture.options());
+  try {
+    manager.start();
+    FAIL() << "start() should have thrown";
+  } catch (const pymanager::Error& e) {
+    EXPECT_EQ(e.kind(), pymanager::ErrorKind::verify_failed);
+    EXPECT_THAT(e.what(), HasSubstr("'migrate'"));
+    EXPECT_THAT(e.what(), HasSubstr("pymutils.exited_verifier.ExitedVerifier"));
+    EXPECT_THAT(e.what(), HasSubstr("exited with exit code 2, expected exit code 0"));
+    EXPECT_THAT(e.what(), HasSubstr("table exists"));
+  }
+  // Nothing after the failed step was launched.
+  EXPECT_EQ(manager.processes()[1].pid, 0);
+}
+
+TEST(Manager, ExitedVerifierTimesOutAndTheProcessIsStopped) {
+  auto config = parse(config_text(R"(
+    "stuck": {"executable": "sh", "arguments": ["-c", "exec sleep 1000"],
+              "verifier": {"type": "pymutils.exited_verifier.ExitedVerifier", "arguments": {"timeout": 0.2}}}
+  )"));
+  Capture capture;
+  pymanager::Manager manager(config, capture.options());
+  try {
+    manager.start();
+    FAIL() << "start() should have thrown";
+  } catch (const pymanager::Error& e) {
+    EXPECT_EQ(e.kind(), pymanager::ErrorKind::verify_failed);
+    EXPECT_THAT(e.what(), HasSubstr("still running after 0.2s"));
+  }
+  EXPECT_FALSE(testutil::group_alive(manager.processes()[0].pid));
+}
+
+TEST(Manager, HttpVerifierFailsAtOnceWhenTheProcessExits) {
+  // Nothing listens on this port; the verifier's timeout is 60 s, but the
+  // process exits, so the failure comes at once, with its exit code and output.
+  auto config = parse(config_text(R"(
+    "web": {"executable": "sh", "arguments": ["-c", "sleep 0.1; echo 'bind: address in use' >&2; exit 3"],
+            "verifier": {"type": "pymutils.http_verifier.HttpOkVerifier",
+                         "arguments": {"url": "http://127.0.0.1:9/health", "timeout": 60}}}
+  )"));
+  Capture capture;
+  pymanager::Manager manager(config, capture.options());
+  auto started = std::chrono::steady_clock::now();
+  try {
+    manager.start();
+    FAIL() << "start() should have thrown";
+  } catch (const pymanager::Error& e) {
+    EXPECT_EQ(e.kind(), pymanager::ErrorKind::verify_failed);
+    EXPECT_THAT(e.what(), HasSubstr("'web'"));
+    EXPECT_THAT(e.what(), HasSubstr("exit code 3"));
+    EXPECT_THAT(e.what(), HasSubstr("connection refused"));
+    EXPECT_THAT(e.what(), HasSubstr("bind: address in use"));
+  }
+  // Far from the verifier's 60 s timeout (a behaviour, not a benchmark).
+  EXPECT_LT(std::chrono::steady_clock::now() - started, 20s);
+}
+
+TEST(Manager, OutputIsPrefixedSuppressedOrRedirectedAndTheTailIsKept) {
+  std::string dir = testutil::make_temp_dir();
+  auto config = parse(config_text(R"(
+    "loud": {"executable": "sh", "arguments": ["-c", "echo out-line; echo err-line >&2; printf 'no newline'"],
+             "verifier": {"type": "pymutils.exited_verifier.ExitedVerifier"}},
+    "quiet": {"executable": "sh", "arguments": ["-c", "echo secret-line"], "options": {"suppress_output": true},
+              "verifier": {"type": "pymutils.exited_verifier.ExitedVerifier"}},
+    "filed": {"executable": "sh", "arguments": ["-c", "echo to-file; echo err-to-file >&2"],
+              "options": {"redirect_output": "filed.log"},
+              "verifier": {"type": "pymutils.exited_verifier.ExitedVerifier"}}
+  )"), dir);
+  Capture capture;
+  pymanager::Manager manager(config, capture.options());
+  manager.start();
+  ASSERT_TRUE(capture.wait_output("loud  | no newline\n")) << capture.output();
+  std::string out = capture.output();
+  EXPECT_THAT(out, HasSubstr("loud  | out-line\n"));
+  EXPECT_THAT(out, HasSubstr("loud  | err-line\n"));
+  EXPECT_THAT(out, ::testing::Not(HasSubstr("secret-line")));
+  EXPECT_THAT(out, ::testing::Not(HasSubstr("to-file")));
+  ASSERT_TRUE(wait_until([&] { return testutil::read_file(dir + "/filed.log").size() >= 20; }));
+  EXPECT_EQ(testutil::read_file(dir + "/filed.log"), "to-file\nerr-to-file\n");
+  EXPECT_EQ(manager.output_tail(1, 10), std::vector<std::string>{"secret-line"});
+  EXPECT_EQ(manager.output_tail(0, 2), (std::vector<std::string>{"err-line", "no newline"}));
+}
+
+TEST(Manager, AChildNeverBlocksOnAFullPipe) {
+  // 20 MB of output through the pipe: the child finishes because the
+  // manager keeps reading, whether the output is shown or discarded.
+  auto config = parse(config_text(R"(
+    "flood": {"executable": "sh", "arguments": ["-c", "head -c 20000000 /dev/zero | tr '\\0' 'x' | fold -w 1000; echo; echo finished"],
+              "verifier": {"type": "pymutils.exited_verifier.ExitedVerifier", "arguments": {"timeout": 60}}},
+    "flood2": {"executable": "sh", "arguments": ["-c", "head -c 20000000 /dev/zero; echo finished"],
+               "options": {"suppress_output": true},
+               "verifier": {"type": "pymutils.exited_verifier.ExitedVerifier", "arguments": {"timeout": 60}}}
+  )"));
+  Capture capture;
+  auto options = capture.options();
+  int null_fd = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
+  options.output_fd = null_fd;
+  {
+    pymanager::Manager manager(config, options);
+    manager.start();
+    EXPECT_EQ(manager.output_tail(0, 1), std::vector<std::string>{"finished"});
+  }
+  ::close(null_fd);
+}
+
+TEST(Manager, EnvironmentFileIsSourcedAndShellRunsTheExecutableAsAScript) {
+  std::string dir = testutil::make_temp_dir();
+  testutil::write_file(dir + "/service.env", "GREETING='hello there'\nCOUNT=$((1 + 2))\n");
+  auto config = parse(config_text(R"(
+    "env": {"executable": "sh", "arguments": ["-c", "echo \"greeting=$GREETING count=$COUNT\""],
+            "options": {"environment_file": "service.env"},
+            "verifier": {"type": "pymutils.exited_verifier.ExitedVerifier"}},
+    "shell": {"executable": "echo \"args=$0,$1\" | tr a-z A-Z", "arguments": ["x", "y"], "options": {"shell": true},
+              "verifier": {"type": "pymutils.exited_verifier.ExitedVerifier"}}
+  )"), dir);
+  Capture capture;
+  pymanager::Manager manager(config, capture.options());
+  manager.start();
+  EXPECT_TRUE(capture.wait_output("env   | greeting=hello there count=3\n")) << capture.output();
+  EXPECT_TRUE(capture.wait_output("shell | ARGS=X,Y\n")) << capture.output();
+}
+
+TEST(Manager, ShutdownStopsTheWholeProcessGroup) {
+  auto config = parse(config_text(R"(
+    "parent": {"executable": "sh", "arguments": ["-c", "sleep 1000 & echo grandchild $!; wait"]}
+  )"));
+  Capture capture;
+  pid_t leader, grandchild;
+  {
+    pymanager::Manager manager(config, capture.options());
+    manager.start();
+    ASSERT_TRUE(capture.wait_output("grandchild ")) << capture.output();
+    ASSERT_TRUE(capture.wait_output("\n"));
+    grandchild = pid_in(capture.output(), "grandchild ");
+    leader = manager.processes()[0].pid;
+    ASSERT_TRUE(testutil::pid_alive(grandchild));
+    manager.shutdown();
+    ASSERT_TRUE(manager.wait_finished(10s));
+    EXPECT_FALSE(testutil::group_alive(leader));
+    EXPECT_FALSE(testutil::pid_alive(grandchild));
+  }
+}
+
+TEST(Manager, AProcessThatIgnoresSigtermIsKilledAfterTheGracefulTime) {
+  auto config = parse(config_text(R"("stubborn": {"executable": "sh", "arguments": ["-c", "trap '' TERM; echo ready; while :; do sleep 0.05; done"]})",
+                                  R"("graceful-time": 0.3)"));
+  Capture capture;
+  pymanager::Manager manager(config, capture.options());
+  manager.start();
+  ASSERT_TRUE(capture.wait_output("stubborn | ready\n"));
+  pid_t pid = manager.processes()[0].pid;
+  manager.shutdown();
+  ASSERT_TRUE(manager.wait_finished(10s));
+  auto info = manager.processes()[0];
+  ASSERT_TRUE(info.exit.has_value());
+  EXPECT_TRUE(info.exit->signaled);
+  EXPECT_EQ(info.exit->value, SIGKILL);
+  EXPECT_EQ(manager.state(), pymanager::ManagerState::force_shutdown);
+  EXPECT_FALSE(testutil::group_alive(pid));
+  EXPECT_THAT(capture.log(), HasSubstr("'stubborn'"));
+  EXPECT_THAT(capture.log(), HasSubstr("did not stop within its graceful time"));
+}
+
+TEST(Manager, AGroupCountsAsStoppedOnlyWhenEmpty) {
+  // The leader exits at once on SIGTERM; its child ignores SIGTERM and is
+  // only gone after the SIGKILL. The shutdown is not finished before that.
+  auto config = parse(config_text(
+      R"("parent": {"executable": "sh", "arguments": ["-c", "(trap '' TERM; echo child $(sh -c 'echo $PPID'); while :; do sleep 0.05; done) & wait"]})",
+      R"("graceful-time": 0.5)"));
+  Capture capture;
+  pymanager::Manager manager(config, capture.options());
+  manager.start();
+  ASSERT_TRUE(capture.wait_output("parent | child "));
+  pid_t leader = manager.processes()[0].pid;
+  manager.shutdown();
+  ASSERT_TRUE(wait_until([&] { return manager.processes()[0].exit.has_value(); }));
+  EXPECT_TRUE(testutil::group_alive(leader));
+  EXPECT_FALSE(manager.finished());
+  ASSERT_TRUE(manager.wait_finished(10s));
+  EXPECT_FALSE(testutil::group_alive(leader));
+}
+
+TEST(Manager, KeepAliveFalseFinishesWhenEverythingHasExited) {
+  auto config = parse(config_text(R"("once": {"executable": "sh", "arguments": ["-c", "sleep 0.1"]})"));
+  Capture capture;
+  pymanager::Manager manager(config, capture.options());
+  manager.start();
+  EXPECT_TRUE(manager.wait_finished(10s));
+  EXPECT_EQ(manager.processes()[0].exit->code(), 0);
+}
+
+TEST(Manager, KeepAliveTrueStaysAfterEverythingHasExited) {
+  auto config = parse(config_text(R"("once": {"executable": "sh", "arguments": ["-c", "exit 0"]})", R"("keep-alive": true)"));
+  Capture capture;
+  pymanager::Manager manager(config, capture.options());
+  manager.start();
+  ASSERT_TRUE(wait_until([&] { return manager.processes()[0].exit.has_value(); }));
+  // The exit event has been handled; a manager without keep-alive would
+  // have begun its shutdown by now.
+  EXPECT_FALSE(manager.shutdown_begun());
+  EXPECT_EQ(manager.state(), pymanager::ManagerState::running);
+  manager.shutdown();
+  EXPECT_TRUE(manager.wait_finished(10s));
+}
+
+TEST(Manager, RestartStopsTheGroupAndLaunchesAgainWithANewPid) {
+  std::string dir = testutil::make_temp_dir();
+  auto config = parse(config_text(R"(
+    "svc": {"executable": "sh", "arguments": ["-c", "echo run >> runs; exec sleep 1000"]}
+  )", R"("keep-alive": true)"), dir);
+  Capture capture;
+  pymanager::Manager manager(config, capture.options());
+  manager.start();
+  ASSERT_TRUE(wait_until([&] { return testutil::read_file(dir + "/runs") == "run\n"; }));
+  pid_t first = manager.processes()[0].pid;
+  auto info = manager.restart(0);
+  EXPECT_NE(info.pid, first);
+  EXPECT_TRUE(info.running);
+  EXPECT_EQ(info.restarts, 1);
+  EXPECT_FALSE(testutil::group_alive(first));
+  ASSERT_TRUE(wait_until([&] { return testutil::read_file(dir + "/runs") == "run\nrun\n"; }));
+}
+
+TEST(Manager, UnexpectedExitIsReportedAndExpectedOnesAreNot) {
+  std::mutex mutex;
+  std::vector<std::pair<std::string, bool>> exits;
+  auto config = parse(config_text(R"(
+    "step": {"executable": "sh", "arguments": ["-c", "exit 0"], "verifier": {"type": "pymutils.exited_verifier.ExitedVerifier"}},
+    "crashy": {"executable": "sh", "arguments": ["-c", "sleep 0.2; exit 7"]},
+    "steady": {"executable": "sleep", "arguments": ["1000"]}
+  )", R"("keep-alive": true)"));
+  Capture capture;
+  auto options = capture.options();
+  options.on_exit = [&](const pymanager::ProcessInfo& info, bool expected) {
+    std::lock_guard<std::mutex> lock(mutex);
+    exits.emplace_back(info.name + ":" + std::to_string(info.exit->code()), expected);
+  };
+  pymanager::Manager manager(config, options);
+  manager.start();
+  ASSERT_TRUE(wait_until([&] {
+    std::lock_guard<std::mutex> lock(mutex);
+    return exits.size() == 2;
+  }));
+  manager.shutdown();
+  ASSERT_TRUE(manager.wait_finished(10s));
+  std::lock_guard<std::mutex> lock(mutex);
+  ASSERT_EQ(exits.size(), 3u);
+  EXPECT_EQ(exits[0], std::make_pair(std::string("step:0"), true));
+  EXPECT_EQ(exits[1], std::make_pair(std::string("crashy:7"), false));
+  EXPECT_EQ(exits[2], std::make_pair(std::string("steady:-15"), true));
+  EXPECT_THAT(capture.log(), HasSubstr("process 'crashy' (pid"));
+  EXPECT_THAT(capture.log(), HasSubstr("exited unexpectedly with exit code 7"));
+}
+
+TEST(Manager, ADaemonThatLeftItsGroupIsKilledWhenTheManagerGoesAway) {
+  auto config = parse(config_text(R"(
+    "daemonizer": {"executable": "sh", "arguments": ["-c", "setsid sleep 1000 & echo daemon $!; wait"]}
+  )"));
+  Capture capture;
+  pid_t daemon;
+  {
+    pymanager::Manager manager(config, capture.options());
+    manager.start();
+    ASSERT_TRUE(capture.wait_output("daemonizer | daemon "));
+    ASSERT_TRUE(capture.wait_output("\n"));
+    daemon = pid_in(capture.output(), "daemon ");
+    ASSERT_TRUE(wait_until([&] { return ::getsid(daemon) == daemon; })) << "the test child did not setsid";
+    ASSERT_TRUE(testutil::pid_alive(daemon));
+  }
+  EXPECT_TRUE(wait_until([&] { return !testutil::pid_alive(daemon); }, 3000ms));
+}
+
+/// Forks a host process that starts a manager (a service with a grandchild,
+/// and a daemon that left its group), reports the pids, then dies by `how`.
+void expect_cleanup_after_host_death(const std::function<void()>& how) {
+  std::string dir = testutil::make_temp_dir();
+  std::string pids_file = dir + "/pids";
+  pid_t host = ::fork();
+  ASSERT_GE(host, 0);
+  if (host == 0) {
+    auto config = parse(config_text(R"(
+      "service": {"executable": "sh", "arguments": ["-c", "sleep 1000 & echo $! > grandchild.pid; wait"]},
+      "daemonizer": {"executable": "sh", "arguments": ["-c", "setsid sleep 1000 & echo $! > daemon.pid; wait"]}
+    )"), dir);
+    int null_fd = ::open("/dev/null", O_WRONLY);
+    pymanager::ManagerOptions options;
+    options.output_fd = null_fd;
+    options.log = [](const std::string&) {};
+    auto* manager = new pymanager::Manager(config, options);  // never destroyed: the host dies
+    manager->start();
+    auto has = [&](const char* f) { return testutil::read_file(dir + "/" + f).find('\n') != std::string::npos; };
+    testutil::wait_until([&] { return has("grandchild.pid") && has("daemon.pid"); });
+    auto ps = manager->processes();
+    testutil::write_file(pids_file + ".tmp", std::to_string(ps[0].pid) + " " + std::to_string(ps[1].pid) + " " +
+                                                 testutil::read_file(dir + "/grandchild.pid") + " " +
+                                                 testutil::read_file(dir + "/daemon.pid"));
+    ::rename((pids_file + ".tmp").c_str(), pids_file.c_str());
+    how();
+    ::_exit(99);  // not reached for the deadly ways
+  }
+  ASSERT_TRUE(wait_until([&] { return ::access(pids_file.c_str(), F_OK) == 0; }, 10000ms));
+  std::vector<pid_t> pids;
+  {
+    std::istringstream in(testutil::read_file(pids_file));
+    pid_t p;
+    while (in >> p) pids.push_back(p);
+  }
+  ASSERT_EQ(pids.size(), 4u);
+  int status;
+  ASSERT_EQ(::waitpid(host, &status, 0), host);
+  for (pid_t p : pids) {
+    EXPECT_TRUE(wait_until([&] { return !testutil::pid_alive(p); }, 1000ms)) << "pid " << p << " survived its host";
+  }
+  for (int k = 0; k < 2; ++k) EXPECT_FALSE(testutil::group_alive(pids[k]));
+}
+
+TEST(KeeperCleanup, HostKilledWithSigkill) {
+  expect_cleanup_after_host_death([] { ::kill(::getpid(), SIGKILL); });
+}
+
+TEST(KeeperCleanup, HostAborts) {
+  expect_cleanup_after_host_death([] {
+    ::signal(SIGABRT, SIG_DFL);
+    std::abort();
+  });
+}
+
+TEST(KeeperCleanup, HostSegfaults) {
+  expect_cleanup_after_host_death([] {
+    ::signal(SIGSEGV, SIG_DFL);
+    ::raise(SIGSEGV);
+  });
+}
+
+TEST(KeeperCleanup, HostCallsExitWithoutCleanup) {
+  expect_cleanup_after_host_death([] { ::_exit(3); });
+}
+
+}  // namespace
