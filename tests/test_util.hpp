@@ -3,8 +3,11 @@
 #ifndef PYMANAGER_TESTS_TEST_UTIL_HPP
 #define PYMANAGER_TESTS_TEST_UTIL_HPP
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
+#include <sys/socket.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -84,6 +87,24 @@ inline bool pid_alive(pid_t pid) {
 
 /// True while any process is in the process group.
 inline bool group_alive(pid_t pgid) { return pgid > 0 && ::kill(-pgid, 0) == 0; }
+
+/// A port that was free on 127.0.0.1 a moment ago (the kernel's pick for
+/// port 0). Another process may take it before the service binds it: tests
+/// that need a guarantee use the manager's own port reservation instead.
+inline int free_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  socklen_t len = sizeof addr;
+  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    throw std::runtime_error("cannot find a free port");
+  }
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
 
 /// The result of running a program to completion.
 struct RunResult {

@@ -43,6 +43,14 @@ struct ExitStatus {
   bool operator==(const ExitStatus& o) const { return signaled == o.signaled && value == o.value; }
 };
 
+/// Seconds as people write them: "30s", "0.5s".
+inline std::string format_seconds(double seconds) {
+  if (seconds == static_cast<double>(static_cast<long long>(seconds)) && seconds < 1e15) {
+    return std::to_string(static_cast<long long>(seconds)) + "s";
+  }
+  return nlohmann::json(seconds).dump() + "s";
+}
+
 /// The message categories of the config's `messages` list.
 enum class MessageCategory {
   verifier_fail,     ///< "verifier.fail": an attempt failed
@@ -142,7 +150,7 @@ VerifyResult retry_until(VerifyContext& context, double timeout, double interval
     }
     auto now = Clock::now();
     if (now >= deadline) {
-      return VerifyResult::failure("timed out after " + nlohmann::json(timeout).dump() + "s (last attempt: " +
+      return VerifyResult::failure("timed out after " + format_seconds(timeout) + " (last attempt: " +
                                    last.message + ")");
     }
     // sleep_until returns early on exit or shutdown; the checks above then report it.

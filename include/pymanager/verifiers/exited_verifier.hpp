@@ -31,11 +31,11 @@ class ExitedVerifier : public Verifier {
   VerifyResult verify(VerifyContext& context) const override {
     auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_));
     context.log(MessageCategory::verifier_verbose,
-                "waiting up to " + nlohmann::json(timeout_).dump() + "s for exit code " + std::to_string(expect_code_));
+                "waiting up to " + format_seconds(timeout_) + " for exit code " + std::to_string(expect_code_));
     auto status = context.wait_exit(deadline);
     if (!status) {
       if (context.cancelled()) return VerifyResult::failure("shutdown began before the process exited");
-      return VerifyResult::failure("still running after " + nlohmann::json(timeout_).dump() + "s (expected exit code " +
+      return VerifyResult::failure("still running after " + format_seconds(timeout_) + " (expected exit code " +
                                    std::to_string(expect_code_) + ")");
     }
     if (status->code() == expect_code_) return VerifyResult::ok("exited with " + status->describe());

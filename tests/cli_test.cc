@@ -1,0 +1,355 @@
+// End-to-end tests of the built binary //tools:pymanager on real configs:
+// exit codes, signals, keep-alive, daemon mode, messages, and that nothing
+// it launched is left alive afterwards.
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <httplib.h>
+
+#include "tests/test_util.hpp"
+
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+using namespace std::chrono_literals;
+using testutil::wait_until;
+
+const char* kModules = R"("modules": {
+    "pymutils.http_verifier": {"verifiers": ["HttpOkVerifier"]},
+    "pymutils.exited_verifier": {"verifiers": ["ExitedVerifier"]}
+  })";
+
+class Cli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = testutil::make_temp_dir();
+    binary_ = testutil::runfile("tools/pymanager");
+    greeter_ = testutil::runfile("examples/greeter");
+  }
+
+  /// Writes cfg.json in the test's folder from a processes body and extra keys.
+  std::string write_config(const std::string& processes, const std::string& extra = "") {
+    std::string text = std::string("{") + kModules + ", " + extra + (extra.empty() ? "" : ", ") + "\"processes\": {" +
+                       processes + "}}";
+    testutil::write_file(dir_ + "/cfg.json", text);
+    return dir_ + "/cfg.json";
+  }
+
+  std::vector<std::string> command(std::vector<std::string> args) {
+    args.insert(args.begin(), binary_);
+    return args;
+  }
+
+  testutil::RunResult run(std::vector<std::string> args, std::chrono::milliseconds timeout = 30000ms) {
+    return testutil::run(command(std::move(args)), dir_, timeout);
+  }
+
+  std::unique_ptr<testutil::Child> start(std::vector<std::string> args) {
+    return std::make_unique<testutil::Child>(command(std::move(args)), dir_);
+  }
+
+  std::vector<pid_t> pids_in(const std::string& file) {
+    std::vector<pid_t> out;
+    std::istringstream in(testutil::read_file(dir_ + "/" + file));
+    pid_t p;
+    while (in >> p) out.push_back(p);
+    return out;
+  }
+
+  /// Every pid listed in `file` (written by the children) is gone, and so is
+  /// its process group.
+  void expect_all_gone(const std::string& file) {
+    auto pids = pids_in(file);
+    EXPECT_FALSE(pids.empty()) << "no pids recorded in " << file;
+    for (pid_t p : pids) {
+      EXPECT_TRUE(wait_until([&] { return !testutil::pid_alive(p); }, 2000ms)) << "pid " << p << " is still alive";
+      EXPECT_TRUE(wait_until([&] { return !testutil::group_alive(p); }, 2000ms)) << "group " << p << " is not empty";
+    }
+  }
+
+  /// A process body that records its pid (and its group's) in pids.txt and sleeps.
+  static std::string sleeper(const std::string& name) {
+    return "\"" + name + R"(": {"executable": "sh", "arguments": ["-c", "echo $$ >> pids.txt; echo )" + name +
+           R"( up; exec sleep 1000"]})";
+  }
+
+  std::string dir_;
+  std::string binary_;
+  std::string greeter_;
+};
+
+TEST_F(Cli, VersionAndHelp) {
+  auto version = run({"-V"});
+  EXPECT_EQ(version.exit_code, 0);
+  EXPECT_THAT(version.out, ::testing::MatchesRegex("pymanager [0-9]+\\.[0-9]+\\.[0-9]+\n"));
+  auto help = run({"--help"});
+  EXPECT_EQ(help.exit_code, 0);
+  for (const char* flag : {"--file", "--daemon", "--verbose", "--debug", "--logfile", "--version"}) {
+    EXPECT_THAT(help.out, HasSubstr(flag));
+  }
+  auto bad = run({"--frobnicate"});
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_THAT(bad.err, HasSubstr("unrecognized argument: --frobnicate"));
+}
+
+TEST_F(Cli, ExitCode1WhenTheConfigFileIsMissing) {
+  auto result = run({"-f", "absent.json"});
+  EXPECT_EQ(result.exit_code, 1);
+  EXPECT_THAT(result.err, HasSubstr("absent.json"));
+  // The default file name is pymanager.json, in the current folder.
+  auto by_default = run({});
+  EXPECT_EQ(by_default.exit_code, 1);
+  EXPECT_THAT(by_default.err, HasSubstr("pymanager.json"));
+}
+
+TEST_F(Cli, ExitCode2WhenTheConfigCannotBeRead) {
+  ::mkdir((dir_ + "/folder.json").c_str(), 0755);
+  auto result = run({"--file", "folder.json"});
+  EXPECT_EQ(result.exit_code, 2);
+  EXPECT_THAT(result.err, HasSubstr("folder.json"));
+}
+
+TEST_F(Cli, ExitCode3WhenTheConfigIsNotJson) {
+  testutil::write_file(dir_ + "/broken.json", "{\"processes\": {");
+  auto result = run({"-f", "broken.json"});
+  EXPECT_EQ(result.exit_code, 3);
+  EXPECT_THAT(result.err, HasSubstr("broken.json: not valid JSON"));
+}
+
+TEST_F(Cli, ExitCode4WhenThereAreNoProcesses) {
+  testutil::write_file(dir_ + "/empty.json", "{\"processes\": {}}");
+  auto result = run({"-f", "empty.json"});
+  EXPECT_EQ(result.exit_code, 4);
+  EXPECT_THAT(result.err, HasSubstr("no processes"));
+}
+
+TEST_F(Cli, ExitCode5ForAnInvalidConfigBeforeAnythingRuns) {
+  write_config(R"("first": {"executable": "sh", "arguments": ["-c", "echo ran > ran.txt"]},
+                  "web": {"executable": "sh", "arguments": [], "options": {"redirect_ouput": "x.log"}})");
+  auto result = run({"-f", "cfg.json"});
+  EXPECT_EQ(result.exit_code, 5);
+  EXPECT_THAT(result.err, HasSubstr("processes.web.options.redirect_ouput: unknown key (did you mean redirect_output?)"));
+  EXPECT_NE(::access((dir_ + "/ran.txt").c_str(), F_OK), 0) << "a process ran although the config was invalid";
+}
+
+TEST_F(Cli, ExitCode5WhenAProcessCannotBeSpawned) {
+  write_config(sleeper("db") + R"(, "ghost": {"executable": "./not-there", "arguments": []})");
+  auto result = run({"-f", "cfg.json", "--verbose"});
+  EXPECT_EQ(result.exit_code, 5);
+  EXPECT_THAT(result.err, HasSubstr("cannot start process 'ghost' (./not-there): No such file or directory"));
+  // "db" was launched (and may not have had time to record its pid): the
+  // verbose log names the group it stopped.
+  auto groups = testutil::pids_after(result.err, "SIGTERM to 'db' (process group ");
+  ASSERT_EQ(groups.size(), 1u) << result.err;
+  EXPECT_TRUE(wait_until([&] { return !testutil::group_alive(groups[0]); }, 2000ms));
+}
+
+TEST_F(Cli, ExitCode5WhenAVerifierFailsAndEverythingLaunchedIsStopped) {
+  int port = testutil::free_port();
+  write_config(sleeper("db") + R"(, "web": {"executable": "sh",
+      "arguments": ["-c", "echo $$ >> pids.txt; echo 'service unavailable: no database' >&2; exec sleep 1000"],
+      "verifier": {"type": "pymutils.http_verifier.HttpOkVerifier",
+                   "arguments": {"url": "http://127.0.0.1:)" + std::to_string(port) + R"(/", "timeout": 0.5}}},
+    "after": {"executable": "sh", "arguments": ["-c", "echo ran > after.txt"]})");
+  auto result = run({"-f", "cfg.json"});
+  EXPECT_EQ(result.exit_code, 5);
+  EXPECT_THAT(result.err, HasSubstr("process 'web': verifier pymutils.http_verifier.HttpOkVerifier failed: timed out after 0.5s"));
+  EXPECT_THAT(result.err, HasSubstr("connection refused"));
+  EXPECT_THAT(result.err, HasSubstr("service unavailable: no database"));
+  EXPECT_NE(::access((dir_ + "/after.txt").c_str(), F_OK), 0) << "a process after the failed one was launched";
+  expect_all_gone("pids.txt");
+}
+
+TEST_F(Cli, HttpVerifierPassesAgainstARealServiceAndFollowsRedirectsToIt) {
+  int port = testutil::free_port();
+  write_config(R"("greeter": {"executable": ")" + greeter_ + R"(", "arguments": ["--port", ")" + std::to_string(port) +
+               R"("], "verifier": {"type": "pymutils.http_verifier.HttpOkVerifier",
+                                   "arguments": {"url": "http://localhost:)" + std::to_string(port) +
+               R"(/health", "headers": {"X-Test": "1"}}}},
+    "check": {"executable": "sh", "arguments": ["-c", "echo checked"],
+              "verifier": {"type": "pymutils.exited_verifier.ExitedVerifier"}})",
+               R"("keep-alive": true)");
+  auto child = start({"-f", "cfg.json", "-v"});
+  ASSERT_TRUE(child->wait_for_output("all processes are up")) << child->err();
+  EXPECT_THAT(child->err(), HasSubstr("'greeter' verified by pymutils.http_verifier.HttpOkVerifier: status 200"));
+  httplib::Client client("127.0.0.1", port);
+  auto response = client.Get("/");
+  ASSERT_TRUE(response);
+  EXPECT_EQ(response->status, 200);
+  child->signal(SIGTERM);
+  auto result = child->wait(10000ms);
+  EXPECT_EQ(result.exit_code, 0);
+  EXPECT_FALSE(httplib::Client("127.0.0.1", port).Get("/")) << "the service still answers after the shutdown";
+}
+
+class CliSignal : public Cli, public ::testing::WithParamInterface<int> {};
+
+TEST_P(CliSignal, BeginsTheGracefulShutdownAndExitsZero) {
+  write_config(sleeper("one") + ", " + sleeper("two") + R"(, "tree": {"executable": "sh",
+      "arguments": ["-c", "echo $$ >> pids.txt; sleep 1000 & echo $! >> pids.txt; wait"]})",
+               R"("keep-alive": true)");
+  auto child = start({"-f", "cfg.json", "-v"});
+  ASSERT_TRUE(child->wait_for_output("all processes are up")) << child->err();
+  ASSERT_TRUE(wait_until([&] { return pids_in("pids.txt").size() == 4; }));
+  child->signal(GetParam());
+  auto result = child->wait(10000ms);
+  EXPECT_FALSE(result.timed_out);
+  EXPECT_EQ(result.exit_code, 0) << result.err;
+  EXPECT_THAT(result.err, HasSubstr(std::string("received ") + ::sigabbrev_np(GetParam())));
+  expect_all_gone("pids.txt");
+}
+
+INSTANTIATE_TEST_SUITE_P(EachSignal, CliSignal, ::testing::Values(SIGINT, SIGTERM, SIGQUIT),
+                         [](const auto& info) { return std::string(::sigabbrev_np(info.param)); });
+
+TEST_F(Cli, AProcessIgnoringSigtermIsKilledAfterTheGracefulTimeAndTheWaitNamesIt) {
+  write_config(R"("stubborn": {"executable": "sh",
+      "arguments": ["-c", "trap '' TERM; echo $$ >> pids.txt; echo ready; while :; do sleep 0.05; done"]})",
+               R"("keep-alive": true, "graceful-time": 2.5)");
+  auto child = start({"-f", "cfg.json"});
+  ASSERT_TRUE(child->wait_for_output("stubborn | ready"));
+  child->signal(SIGTERM);
+  auto result = child->wait(15000ms);
+  EXPECT_EQ(result.exit_code, 0);
+  EXPECT_THAT(result.err, HasSubstr("waiting for process 'stubborn'"));
+  EXPECT_THAT(result.err, HasSubstr("did not stop within its graceful time: SIGKILL"));
+  expect_all_gone("pids.txt");
+}
+
+TEST_F(Cli, ASecondSigintKillsAtOnce) {
+  write_config(R"("stubborn": {"executable": "sh",
+      "arguments": ["-c", "trap '' TERM INT; echo $$ >> pids.txt; echo ready; while :; do sleep 0.05; done"]})",
+               R"("keep-alive": true, "graceful-time": 300)");
+  auto child = start({"-f", "cfg.json"});
+  ASSERT_TRUE(child->wait_for_output("stubborn | ready"));
+  child->signal(SIGINT);
+  ASSERT_TRUE(child->wait_for_output("received INT"));
+  child->signal(SIGINT);
+  // Far less than the 300 s graceful time.
+  auto result = child->wait(20000ms);
+  EXPECT_FALSE(result.timed_out);
+  EXPECT_EQ(result.exit_code, 0);
+  EXPECT_THAT(result.err, HasSubstr("second SIGINT"));
+  expect_all_gone("pids.txt");
+}
+
+TEST_F(Cli, WithoutKeepAliveItExitsOnceEveryProcessHasExited) {
+  write_config(R"("a": {"executable": "sh", "arguments": ["-c", "echo a done"]},
+                  "b": {"executable": "sh", "arguments": ["-c", "sleep 0.2; echo b done"]})",
+               R"("messages": ["process.exit"])");
+  auto result = run({"-f", "cfg.json"}, 15000ms);
+  EXPECT_FALSE(result.timed_out);
+  EXPECT_EQ(result.exit_code, 0);
+  EXPECT_THAT(result.out, HasSubstr("a | a done"));
+  EXPECT_THAT(result.out, HasSubstr("b | b done"));
+  EXPECT_THAT(result.err, HasSubstr("process 'a' (pid"));
+  EXPECT_THAT(result.err, HasSubstr("exited with code 0"));
+}
+
+TEST_F(Cli, WithKeepAliveItStaysAfterEveryProcessHasExited) {
+  write_config(R"("a": {"executable": "sh", "arguments": ["-c", "exit 3"]})",
+               R"("keep-alive": true, "messages": ["process.exit"])");
+  auto child = start({"-f", "cfg.json", "-v"});
+  ASSERT_TRUE(child->wait_for_output("exited with code 3"));
+  // It has handled the exit; a manager without keep-alive says so at once
+  // and exits (see the test above). This one waits for a signal.
+  child->signal(SIGTERM);
+  auto result = child->wait(10000ms);
+  EXPECT_EQ(result.exit_code, 0);
+  EXPECT_THAT(result.err, HasSubstr("received TERM"));
+  EXPECT_THAT(result.err, Not(HasSubstr("all processes have exited")));
+}
+
+TEST_F(Cli, OptionsAndMessagesEndToEnd) {
+  ::mkdir((dir_ + "/www").c_str(), 0755);
+  testutil::write_file(dir_ + "/app.env", "APP_MODE=test\n");
+  write_config(R"(
+    "where": {"executable": "sh", "arguments": ["-c", "echo \"cwd=$(pwd) mode=$APP_MODE\""],
+              "options": {"working_directory": "www", "environment_file": "app.env"},
+              "verifier": {"type": "pymutils.exited_verifier.ExitedVerifier"}},
+    "quiet": {"executable": "sh", "arguments": ["-c", "echo hidden"], "options": {"suppress_output": true},
+              "verifier": {"type": "pymutils.exited_verifier.ExitedVerifier"}},
+    "logged": {"executable": "sh", "arguments": ["-c", "echo into-the-file"], "options": {"redirect_output": "logged.txt"},
+               "verifier": {"type": "pymutils.exited_verifier.ExitedVerifier"}},
+    "shelled": {"executable": "echo shell:$0", "arguments": ["zero"], "options": {"shell": true},
+                "verifier": {"type": "pymutils.exited_verifier.ExitedVerifier"}})",
+               R"("messages": ["process.exit", "verifier.verbose"])");
+  auto result = run({"-f", "cfg.json"}, 15000ms);
+  EXPECT_EQ(result.exit_code, 0) << result.err;
+  EXPECT_THAT(result.out, HasSubstr("where   | cwd=" + dir_ + "/www mode=test\n"));
+  EXPECT_THAT(result.out, Not(HasSubstr("hidden")));
+  EXPECT_THAT(result.out, Not(HasSubstr("into-the-file")));
+  EXPECT_EQ(testutil::read_file(dir_ + "/logged.txt"), "into-the-file\n");
+  EXPECT_THAT(result.out, HasSubstr("shelled | shell:zero\n"));
+  EXPECT_THAT(result.err, HasSubstr("verifier of 'where': waiting up to 30s for exit code 0"));
+  EXPECT_THAT(result.err, HasSubstr("process 'quiet' (pid"));
+}
+
+TEST_F(Cli, VerifierFailMessagesShowEachFailedAttempt) {
+  int port = testutil::free_port();
+  write_config(R"("web": {"executable": "sleep", "arguments": ["1000"],
+      "verifier": {"type": "pymutils.http_verifier.HttpOkVerifier",
+                   "arguments": {"url": "http://127.0.0.1:)" + std::to_string(port) + R"(/", "timeout": 0.3, "interval": 0.05}}})",
+               R"("messages": ["verifier.fail"])");
+  auto result = run({"-f", "cfg.json"});
+  EXPECT_EQ(result.exit_code, 5);
+  EXPECT_THAT(result.err, HasSubstr("verifier of 'web': attempt 1 failed: connection refused"));
+  EXPECT_THAT(result.err, HasSubstr("verifier of 'web': attempt 2 failed: connection refused"));
+}
+
+TEST_F(Cli, DaemonReturnsOnceEverythingIsVerified) {
+  int port = testutil::free_port();
+  write_config(R"("greeter": {"executable": ")" + greeter_ + R"(", "arguments": ["--port", ")" + std::to_string(port) +
+               R"("], "verifier": {"type": "pymutils.http_verifier.HttpOkVerifier",
+                                   "arguments": {"url": "http://127.0.0.1:)" + std::to_string(port) + R"(/health"}}})",
+               R"("keep-alive": true)");
+  auto result = run({"-d", "-f", "cfg.json", "-l", "daemon.log"}, 20000ms);
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  // Verified before -d returned: the service answers right away.
+  auto response = httplib::Client("127.0.0.1", port).Get("/");
+  ASSERT_TRUE(response);
+  EXPECT_EQ(response->status, 200);
+  pid_t daemon = testutil::pids_after(result.err, "in the background as pid ").at(0);
+  ASSERT_TRUE(testutil::pid_alive(daemon));
+  EXPECT_NE(::getsid(daemon), ::getsid(0)) << "the daemon did not leave the session";
+  ::kill(daemon, SIGTERM);
+  EXPECT_TRUE(wait_until([&] { return !testutil::pid_alive(daemon); }, 10000ms));
+  EXPECT_FALSE(httplib::Client("127.0.0.1", port).Get("/"));
+  std::string log = testutil::read_file(dir_ + "/daemon.log");
+  EXPECT_THAT(log, HasSubstr("pymanager: received TERM: shutting down"));
+  EXPECT_THAT(log, HasSubstr("greeter | greeter: listening on"));
+}
+
+TEST_F(Cli, DaemonExitsFiveWhenSetUpFails) {
+  write_config(sleeper("db") + R"(, "migrate": {"executable": "sh", "arguments": ["-c", "exit 4"],
+      "verifier": {"type": "pymutils.exited_verifier.ExitedVerifier"}})");
+  auto result = run({"--daemon", "-f", "cfg.json"}, 20000ms);
+  EXPECT_EQ(result.exit_code, 5);
+  EXPECT_THAT(result.err, HasSubstr("process 'migrate': verifier pymutils.exited_verifier.ExitedVerifier failed: exited with exit code 4"));
+  expect_all_gone("pids.txt");
+}
+
+TEST_F(Cli, SigkilledManagerLeavesNothingBehind) {
+  write_config(sleeper("one") + R"(, "tree": {"executable": "sh",
+      "arguments": ["-c", "echo $$ >> pids.txt; sleep 1000 & echo $! >> pids.txt; setsid sleep 1000 & echo $! >> pids.txt; wait"]})",
+               R"("keep-alive": true)");
+  auto child = start({"-f", "cfg.json", "-v"});
+  ASSERT_TRUE(child->wait_for_output("all processes are up"));
+  ASSERT_TRUE(wait_until([&] { return pids_in("pids.txt").size() == 4; }));
+  child->signal(SIGKILL);
+  child->wait(5000ms);
+  // Within a second of the manager's death, even the daemon that left its group.
+  for (pid_t p : pids_in("pids.txt")) {
+    EXPECT_TRUE(wait_until([&] { return !testutil::pid_alive(p); }, 1000ms)) << "pid " << p << " survived";
+  }
+}
+
+}  // namespace
