@@ -2,6 +2,8 @@
 // exit codes, signals, keep-alive, daemon mode, messages, and that nothing
 // it launched is left alive afterwards.
 #include <signal.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -33,6 +35,7 @@ class Cli : public ::testing::Test {
     dir_ = testutil::make_temp_dir();
     binary_ = testutil::runfile("tools/pymanager");
     greeter_ = testutil::runfile("examples/greeter");
+    http_service_ = testutil::runfile("tests/helpers/http_service");
   }
 
   /// Writes cfg.json in the test's folder from a processes body and extra keys.
@@ -84,7 +87,20 @@ class Cli : public ::testing::Test {
   std::string dir_;
   std::string binary_;
   std::string greeter_;
+  std::string http_service_;
 };
+
+/// True when this machine has an IPv6 loopback to listen on.
+bool has_ipv6_loopback() {
+  int fd = ::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  sockaddr_in6 addr{};
+  addr.sin6_family = AF_INET6;
+  addr.sin6_addr = in6addr_loopback;
+  bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+  ::close(fd);
+  return ok;
+}
 
 TEST_F(Cli, VersionAndHelp) {
   auto version = run({"-V"});
@@ -188,6 +204,45 @@ TEST_F(Cli, HttpVerifierPassesAgainstARealServiceAndFollowsRedirectsToIt) {
   auto result = child->wait(10000ms);
   EXPECT_EQ(result.exit_code, 0);
   EXPECT_FALSE(httplib::Client("127.0.0.1", port).Get("/")) << "the service still answers after the shutdown";
+}
+
+TEST_F(Cli, LocalhostFindsAServiceThatListensOnlyOnIpv6Loopback) {
+  if (!has_ipv6_loopback()) GTEST_SKIP() << "no ::1 on this machine";
+  int port = testutil::free_port();
+  write_config(R"("v6": {"executable": ")" + http_service_ + R"(", "arguments": ["--host", "::1", "--port", ")" +
+               std::to_string(port) + R"("], "verifier": {"type": "pymutils.http_verifier.HttpOkVerifier",
+                   "arguments": {"url": "http://localhost:)" + std::to_string(port) + R"(/health", "timeout": 10}}})");
+  auto child = start({"-f", "cfg.json", "-v"});
+  ASSERT_TRUE(child->wait_for_output("all processes are up")) << child->err();
+  EXPECT_THAT(child->err(), HasSubstr("'v6' verified by pymutils.http_verifier.HttpOkVerifier: status 200"));
+  child->signal(SIGTERM);
+  EXPECT_EQ(child->wait(10000ms).exit_code, 0);
+}
+
+TEST_F(Cli, HttpVerifierRetriesFromMillisecondsAndFollowsRedirects) {
+  int port = testutil::free_port();
+  write_config(R"("late": {"executable": ")" + http_service_ + R"(", "arguments": ["--port", ")" + std::to_string(port) +
+               R"(", "--delay-ms", "300"], "verifier": {"type": "pymutils.http_verifier.HttpOkVerifier",
+                   "arguments": {"url": "http://127.0.0.1:)" + std::to_string(port) + R"(/redirect", "timeout": 10}}})",
+               R"("messages": ["verifier.fail"])");
+  auto child = start({"-f", "cfg.json", "-v"});
+  ASSERT_TRUE(child->wait_for_output("all processes are up")) << child->err();
+  EXPECT_THAT(child->err(), HasSubstr("'late' verified by pymutils.http_verifier.HttpOkVerifier: status 200"));
+  // Several attempts within the 300 ms the service needed to start: the
+  // first retries come after milliseconds, not after `interval` (1 s).
+  EXPECT_THAT(child->err(), HasSubstr("attempt 3 failed: connection refused"));
+  child->signal(SIGTERM);
+  EXPECT_EQ(child->wait(10000ms).exit_code, 0);
+}
+
+TEST_F(Cli, HttpVerifierFailsOnANon2xxStatusAfterARedirect) {
+  int port = testutil::free_port();
+  write_config(R"("web": {"executable": ")" + http_service_ + R"(", "arguments": ["--port", ")" + std::to_string(port) +
+               R"("], "verifier": {"type": "pymutils.http_verifier.HttpOkVerifier",
+                   "arguments": {"url": "http://127.0.0.1:)" + std::to_string(port) + R"(/slow-path", "timeout": 0.5}}})");
+  auto result = run({"-f", "cfg.json"});
+  EXPECT_EQ(result.exit_code, 5);
+  EXPECT_THAT(result.err, HasSubstr("process 'web': verifier pymutils.http_verifier.HttpOkVerifier failed: timed out after 0.5s (last attempt: status 503)"));
 }
 
 class CliSignal : public Cli, public ::testing::WithParamInterface<int> {};

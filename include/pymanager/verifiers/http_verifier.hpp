@@ -23,18 +23,23 @@ inline namespace v1 {
 namespace detail {
 
 struct ParsedUrl {
-  std::string scheme_host_port;  ///< "http://host:port", what httplib::Client takes
-  std::string host;
-  std::string path;              ///< "/..." including the query
+  bool https = false;
+  std::string host;       ///< without brackets for IPv6 literals
+  int port = 80;
+  std::string authority;  ///< "host:port" as written, for the Host header
+  std::string path;       ///< "/..." including the query
 };
 
 /// Splits an http(s) URL; nullopt when it is not one.
 inline std::optional<ParsedUrl> parse_http_url(const std::string& url) {
+  ParsedUrl parsed;
   std::string rest;
   if (url.rfind("http://", 0) == 0) {
     rest = url.substr(7);
   } else if (url.rfind("https://", 0) == 0) {
     rest = url.substr(8);
+    parsed.https = true;
+    parsed.port = 443;
   } else {
     return std::nullopt;
   }
@@ -45,16 +50,29 @@ inline std::optional<ParsedUrl> parse_http_url(const std::string& url) {
   auto hash = path.find('#');
   if (hash != std::string::npos) path.erase(hash);
   if (authority.empty() || authority.find('@') != std::string::npos) return std::nullopt;
-  std::string host = authority;
-  if (host[0] == '[') {
-    auto close = host.find(']');
+  std::string port_text;
+  if (authority[0] == '[') {
+    auto close = authority.find(']');
     if (close == std::string::npos) return std::nullopt;
-    host = host.substr(1, close - 1);
+    parsed.host = authority.substr(1, close - 1);
+    if (close + 1 < authority.size()) {
+      if (authority[close + 1] != ':') return std::nullopt;
+      port_text = authority.substr(close + 2);
+    }
   } else {
-    host = host.substr(0, host.find(':'));
+    auto colon = authority.find(':');
+    parsed.host = authority.substr(0, colon);
+    if (colon != std::string::npos) port_text = authority.substr(colon + 1);
   }
-  if (host.empty()) return std::nullopt;
-  return ParsedUrl{url.substr(0, url.size() - rest.size()) + authority, host, path};
+  if (parsed.host.empty()) return std::nullopt;
+  if (!port_text.empty()) {
+    if (port_text.size() > 5 || port_text.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
+    parsed.port = std::stoi(port_text);
+    if (parsed.port < 1 || parsed.port > 65535) return std::nullopt;
+  }
+  parsed.authority = authority;
+  parsed.path = path;
+  return parsed;
 }
 
 /// A readable cause for an httplib client error.
@@ -107,26 +125,34 @@ class HttpOkVerifier : public Verifier {
 
  private:
   VerifyResult attempt(VerifyContext& context) const {
-    // "localhost" may resolve to 127.0.0.1 or ::1 first, while the service
-    // listens on only one of them: try both families explicitly.
+    // "localhost" may resolve to 127.0.0.1 only (or ::1 first) while the
+    // service listens on the other one: try both addresses explicitly.
     if (parsed_.host == "localhost") {
-      VerifyResult v4 = attempt_family(context, AF_INET);
+      VerifyResult v4 = attempt_at(context, "127.0.0.1");
       if (v4.passed) return v4;
-      VerifyResult v6 = attempt_family(context, AF_INET6);
+      VerifyResult v6 = attempt_at(context, "::1");
       if (v6.passed) return v6;
       return VerifyResult::failure("127.0.0.1: " + v4.message + "; ::1: " + v6.message);
     }
-    return attempt_family(context, AF_UNSPEC);
+    return attempt_at(context, parsed_.host);
   }
 
-  VerifyResult attempt_family(VerifyContext& context, int family) const {
-    httplib::Client client(parsed_.scheme_host_port);
-    client.set_address_family(family);
-    client.set_follow_location(true);
-    client.set_connection_timeout(std::chrono::milliseconds(2000));
-    client.set_read_timeout(std::chrono::milliseconds(5000));
+  /// One GET, connecting to `address` (the URL's host, or a literal for it).
+  VerifyResult attempt_at(VerifyContext& context, const std::string& address) const {
+    std::unique_ptr<httplib::ClientImpl> client;
+    if (parsed_.https) {
+      client = std::make_unique<httplib::SSLClient>(address, parsed_.port);
+    } else {
+      client = std::make_unique<httplib::ClientImpl>(address, parsed_.port);
+    }
+    if (address.find(':') != std::string::npos) client->set_address_family(AF_INET6);
+    client->set_follow_location(true);
+    client->set_connection_timeout(std::chrono::milliseconds(2000));
+    client->set_read_timeout(std::chrono::milliseconds(5000));
     httplib::Headers headers(headers_.begin(), headers_.end());
-    auto result = client.Get(parsed_.path.c_str(), headers);
+    // The Host header the URL implies, whatever address we connect to.
+    if (headers.find("Host") == headers.end()) headers.emplace("Host", parsed_.authority);
+    auto result = client->Get(parsed_.path.c_str(), headers);
     if (!result) return VerifyResult::failure(detail::describe_http_error(result.error()));
     int status = result->status;
     context.log(MessageCategory::verifier_verbose, "GET " + url_ + " -> status " + std::to_string(status));
