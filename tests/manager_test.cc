@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <future>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -532,6 +533,83 @@ TEST(KeeperCleanup, HostSegfaults) {
 
 TEST(KeeperCleanup, HostCallsExitWithoutCleanup) {
   expect_cleanup_after_host_death([] { ::_exit(3); });
+}
+
+}  // namespace
+
+namespace {
+
+/// A user-written verifier: passes once a file exists (arguments: "path").
+class FileExistsVerifier : public pymanager::Verifier {
+ public:
+  explicit FileExistsVerifier(std::string path) : path_(std::move(path)) {}
+  pymanager::VerifyResult verify(pymanager::VerifyContext& context) const override {
+    return pymanager::retry_until(context, 10, 0.05, [&] {
+      return ::access(path_.c_str(), F_OK) == 0 ? pymanager::VerifyResult::ok("found " + path_)
+                                                : pymanager::VerifyResult::failure(path_ + " does not exist yet");
+    });
+  }
+
+ private:
+  std::string path_;
+};
+
+TEST(Manager, AUserWrittenVerifierIsUsedFromTheConfig) {
+  std::string dir = testutil::make_temp_dir();
+  auto registry = pymanager::builtin_verifiers();
+  registry.add("mytests.FileExistsVerifier", [&](const nlohmann::json& args, const std::string& path) {
+    pymanager::detail::ObjectReader<nlohmann::json> reader(args, path);
+    std::string file = reader.required_string("path");
+    reader.finish();
+    return std::make_shared<FileExistsVerifier>(dir + "/" + file);
+  });
+  // Registered is not enough: a config must list the type under modules.
+  EXPECT_THROW(pymanager::parse_config(nlohmann::ordered_json::parse(
+                   R"({"processes": {"x": {"executable": "true", "arguments": [],
+                       "verifier": {"type": "mytests.FileExistsVerifier", "arguments": {"path": "f"}}}}})"),
+                                       registry),
+               pymanager::Error);
+  auto next = pymanager::parse_config(nlohmann::ordered_json::parse(R"({
+    "modules": {"mytests": {"verifiers": ["FileExistsVerifier"]},
+                "pymutils.exited_verifier": {"verifiers": ["ExitedVerifier"]}},
+    "processes": {
+      "writer": {"executable": "sh", "arguments": ["-c", "sleep 0.1; touch ready.flag; exec sleep 1000"],
+                 "verifier": {"type": "mytests.FileExistsVerifier", "arguments": {"path": "ready.flag"}}},
+      "next": {"executable": "sh", "arguments": ["-c", "test -f ready.flag && echo saw-flag"],
+               "verifier": {"type": "pymutils.exited_verifier.ExitedVerifier"}}
+    }})"), registry);
+  next.base_directory = dir;
+  Capture capture;
+  pymanager::Manager manager(next, capture.options());
+  manager.start();
+  EXPECT_EQ(manager.output_tail(1, 1), std::vector<std::string>{"saw-flag"});
+}
+
+TEST(Manager, AVerifierStopsWaitingAsSoonAsShutdownBegins) {
+  auto config = parse(config_text(R"(
+    "web": {"executable": "sleep", "arguments": ["1000"],
+            "verifier": {"type": "pymutils.http_verifier.HttpOkVerifier",
+                         "arguments": {"url": "http://127.0.0.1:9/", "timeout": 120}}}
+  )"));
+  Capture capture;
+  pymanager::Manager manager(config, capture.options());
+  std::promise<pymanager::ErrorKind> outcome;
+  std::thread starter([&] {
+    try {
+      manager.start();
+      outcome.set_value(pymanager::ErrorKind::system);
+    } catch (const pymanager::Error& e) {
+      outcome.set_value(e.kind());
+    }
+  });
+  ASSERT_TRUE(wait_until([&] { return manager.processes()[0].running; }));
+  manager.shutdown();
+  auto future = outcome.get_future();
+  // Long before the verifier's 120 s timeout.
+  ASSERT_EQ(future.wait_for(20s), std::future_status::ready);
+  EXPECT_EQ(future.get(), pymanager::ErrorKind::shutting_down);
+  starter.join();
+  EXPECT_TRUE(manager.wait_finished(10s));
 }
 
 }  // namespace
