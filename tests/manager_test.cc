@@ -351,6 +351,7 @@ TEST(Manager, AProcessThatIgnoresSigtermIsKilledAfterTheGracefulTime) {
   ASSERT_TRUE(info.exit.has_value());
   EXPECT_TRUE(info.exit->signaled);
   EXPECT_EQ(info.exit->value, SIGKILL);
+  EXPECT_TRUE(info.killed);
   EXPECT_EQ(manager.state(), pymanager::ManagerState::force_shutdown);
   EXPECT_FALSE(testutil::group_alive(pid));
   EXPECT_THAT(capture.log(), HasSubstr("'stubborn'"));
@@ -414,6 +415,7 @@ TEST(Manager, RestartStopsTheGroupAndLaunchesAgainWithANewPid) {
   EXPECT_TRUE(info.running);
   EXPECT_EQ(info.restarts, 1);
   EXPECT_FALSE(testutil::group_alive(first));
+  EXPECT_FALSE(info.killed);
   ASSERT_TRUE(wait_until([&] { return testutil::read_file(dir + "/runs") == "run\nrun\n"; }));
 }
 

@@ -262,10 +262,9 @@ inline Config parse_config(const nlohmann::ordered_json& json, const VerifierReg
   return config;
 }
 
-/// Reads, parses and checks a config file. Error kinds map to the original's
-/// exit codes: config_not_found (1), config_unreadable (2), config_not_json (3),
-/// config_no_processes (4), config_invalid (5).
-inline Config load_config_file(const std::string& path, const VerifierRegistry& registry) {
+/// Reads a config file as JSON, keeping the order of its keys. Throws
+/// config_not_found, config_unreadable or config_not_json.
+inline nlohmann::ordered_json read_config_json(const std::string& path) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0 && errno == ENOENT) {
     throw Error(ErrorKind::config_not_found, "config file not found: " + path);
@@ -283,6 +282,14 @@ inline Config load_config_file(const std::string& path, const VerifierRegistry& 
     // e.what() carries nlohmann's error id and the byte position.
     throw Error(ErrorKind::config_not_json, path + ": not valid JSON: " + e.what());
   }
+  return json;
+}
+
+/// Reads, parses and checks a config file. Error kinds map to the original's
+/// exit codes: config_not_found (1), config_unreadable (2), config_not_json (3),
+/// config_no_processes (4), config_invalid (5).
+inline Config load_config_file(const std::string& path, const VerifierRegistry& registry) {
+  nlohmann::ordered_json json = read_config_json(path);
   try {
     return parse_config(json, registry);
   } catch (const Error& e) {

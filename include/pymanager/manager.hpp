@@ -373,6 +373,7 @@ class Manager {
     info.exit = p.exit;
     info.group_alive = p.group_alive;
     info.restarts = std::max(0, p.launches - 1);
+    info.killed = p.kill_sent;
     return info;
   }
 

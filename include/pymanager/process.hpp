@@ -31,6 +31,7 @@ struct ProcessInfo {
   std::optional<ExitStatus> exit;  ///< how it ended, once it has
   bool group_alive = false;   ///< something is still running in its process group
   int restarts = 0;           ///< how many times it was started after the first launch
+  bool killed = false;        ///< its last stop needed SIGKILL (it ignored SIGTERM for the graceful time)
 };
 
 /// What exactly is executed for a process: resolved before any fork.
