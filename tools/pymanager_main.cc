@@ -21,6 +21,7 @@
 #include <thread>
 
 #include "pymanager/pymanager.hpp"
+#include "tools/ctl.hpp"
 
 namespace {
 
@@ -28,6 +29,7 @@ constexpr int kUsageError = 2;
 
 const char kUsage[] =
     "usage: pymanager [-h] [-f FILE] [-d] [-v] [-w] [-l LOGFILE] [-V]\n"
+    "       pymanager ctl [--url URL] [-f FILE] [--json] COMMAND [ID] [-n N]   (pymanager ctl --help)\n"
     "\n"
     "Launches the processes described in a JSON config, in order, waits until\n"
     "each one is verified, and shuts them all down on SIGINT/SIGTERM/SIGQUIT.\n"
@@ -231,7 +233,6 @@ class SignalWatcher {
 }  // namespace
 
 int main(int argc, char** argv) {
-  Options options = parse_arguments(argc, argv);
   // Under `bazel run`, the binary starts in its runfiles tree: relative paths
   // the user typed are relative to where they ran bazel.
   if (const char* dir = std::getenv("BUILD_WORKING_DIRECTORY")) {
@@ -240,6 +241,10 @@ int main(int argc, char** argv) {
       return 5;
     }
   }
+  if (argc > 1 && std::string(argv[1]) == "ctl") {
+    return pymanager_tool::run_ctl(std::vector<std::string>(argv + 2, argv + argc));
+  }
+  Options options = parse_arguments(argc, argv);
   Logger logger(options.logfile);
 
   pymanager::Config config;
@@ -272,6 +277,15 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGQUIT);
   ::pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  // The token: from the config, or else from the environment.
+  const pymanager::HttpSpec http = config.http;
+  std::optional<std::string> token = http.token;
+  const char* token_source = token ? "config" : nullptr;
+  if (const char* env_token = std::getenv("PYMANAGER_TOKEN"); !token && env_token && *env_token) {
+    token = env_token;
+    token_source = "environment";
+  }
+
   pymanager::ManagerOptions manager_options;
   manager_options.verbose = options.verbose;
   manager_options.log = [&logger](const std::string& message) { logger(message); };
@@ -285,6 +299,27 @@ int main(int argc, char** argv) {
       report(e.what());
       return 5;
     }
+    // The API binds before anything is launched: a port in use is an error
+    // that leaves nothing behind.
+    std::unique_ptr<pymanager::HttpApi> api;
+    if (http.enabled) {
+      pymanager::HttpApiOptions api_options;
+      api_options.host = http.host;
+      api_options.port = http.port;
+      api_options.token = token;
+      api_options.log = [&logger](const std::string& message) { logger(message); };
+      api = std::make_unique<pymanager::HttpApi>(*manager, api_options);
+      try {
+        api->start();
+      } catch (const pymanager::Error& e) {
+        logger(e.what());
+        report(e.what());
+        return 5;
+      }
+    }
+    pymanager_tool::StateFile state_file(options.file, api ? std::optional<std::string>(api->url()) : std::nullopt,
+                                         api ? token_source : nullptr);
+    if (!state_file.error().empty()) logger("warning: " + state_file.error() + " (pymanager ctl will not find this manager)");
     SignalWatcher watcher(signals);
     watcher.watch(*manager, logger);
     try {
@@ -302,6 +337,7 @@ int main(int argc, char** argv) {
       }
     }
     watcher.stop();
+    if (api) api->stop();
   }
   return exit_code;
 }

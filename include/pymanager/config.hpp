@@ -49,7 +49,11 @@ struct ProcessSpec {
 
 struct HttpSpec {
   bool enabled = false;
-  int port = 5001;
+  int port = 5001;                ///< 0: any free port (the address is printed at start-up)
+  std::string host = "127.0.0.1"; ///< the address to bind; a warning is printed when it is not loopback
+  /// When set (here, or by the environment variable PYMANAGER_TOKEN), every
+  /// request must carry `Authorization: Bearer <token>`.
+  std::optional<std::string> token;
 };
 
 struct MessageSpec {
@@ -64,6 +68,10 @@ struct Config {
   HttpSpec http;
   bool keep_alive = false;       ///< `keep-alive` / `keep_alive`
   double graceful_time = 10.0;   ///< `graceful-time` / `graceful_time`, seconds
+  /// `restart-graceful-time` / `restart_graceful_time`: seconds a process gets
+  /// to stop before SIGKILL when it is restarted or stopped through the API
+  /// (the original's "few seconds").
+  double restart_graceful_time = 5.0;
   MessageSpec messages;
   std::string default_shell = "/bin/sh";
   std::vector<ProcessSpec> processes;  ///< in the order written in the file
@@ -235,6 +243,12 @@ inline Config parse_config(const nlohmann::ordered_json& json, const VerifierReg
     detail::ObjectReader<OJson> reader(*http, "http");
     config.http.enabled = reader.boolean("enabled").value_or(false);
     config.http.port = static_cast<int>(reader.integer("port", 0, 65535).value_or(5001));
+    if (auto host = reader.string("host")) {
+      if (host->empty()) detail::throw_config_error("http.host", "must not be empty");
+      config.http.host = *host;
+    }
+    config.http.token = reader.string("token");
+    if (config.http.token && config.http.token->empty()) detail::throw_config_error("http.token", "must not be empty");
     reader.finish();
   }
   std::string keep_key;
@@ -243,6 +257,8 @@ inline Config parse_config(const nlohmann::ordered_json& json, const VerifierReg
     config.keep_alive = keep->get<bool>();
   }
   config.graceful_time = root.number_any({"graceful-time", "graceful_time"}, 0.0).value_or(10.0);
+  config.restart_graceful_time =
+      root.number_any({"restart-graceful-time", "restart_graceful_time"}, 0.0).value_or(5.0);
   if (const OJson* messages = root.member("messages")) detail::parse_messages(*messages, "messages", config);
 
   const OJson* processes = root.member("processes");

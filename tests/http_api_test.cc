@@ -1,0 +1,353 @@
+// The HTTP API with real HTTP on 127.0.0.1, over a Manager with real
+// children: every endpoint, status code and error shape, the token, port 0,
+// a port in use, restarts whose verifier fails, concurrent restarts, and a
+// restart racing the shutdown.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <future>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "pymanager/pymanager.hpp"
+#include "tests/test_util.hpp"
+
+namespace {
+
+using ::testing::HasSubstr;
+using namespace std::chrono_literals;
+using nlohmann::json;
+using testutil::wait_until;
+
+const char* kModules = R"("modules": {
+    "pymutils.http_verifier": {"verifiers": ["HttpOkVerifier"]},
+    "pymutils.exited_verifier": {"verifiers": ["ExitedVerifier"]}
+  })";
+
+/// A manager with the API on a free port, and a client for it.
+class Api : public ::testing::Test {
+ protected:
+  void start(const std::string& processes, const std::string& extra = "\"keep-alive\": true",
+             std::optional<std::string> token = std::nullopt) {
+    dir_ = testutil::make_temp_dir();
+    std::string text = std::string("{") + kModules + ", " + extra + ", \"processes\": {" + processes + "}}";
+    auto config = pymanager::parse_config(nlohmann::ordered_json::parse(text), pymanager::builtin_verifiers());
+    config.base_directory = dir_;
+    pymanager::ManagerOptions options;
+    null_fd_ = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
+    options.output_fd = null_fd_;
+    options.log = [this](const std::string& line) { add_log(line); };
+    manager_ = std::make_unique<pymanager::Manager>(config, options);
+    pymanager::HttpApiOptions api_options;
+    api_options.port = 0;
+    api_options.token = token;
+    api_options.log = [this](const std::string& line) { add_log(line); };
+    api_ = std::make_unique<pymanager::HttpApi>(*manager_, api_options);
+    api_->start();
+    manager_->start();
+  }
+  void TearDown() override {
+    if (api_) api_->stop();
+    manager_.reset();
+    if (null_fd_ >= 0) ::close(null_fd_);
+  }
+
+  void add_log(const std::string& line) {
+    std::lock_guard<std::mutex> lock(log_mutex_);
+    log_ += line + "\n";
+  }
+  std::string log() {
+    std::lock_guard<std::mutex> lock(log_mutex_);
+    return log_;
+  }
+
+  httplib::Client client() {
+    httplib::Client c("127.0.0.1", api_->port());
+    c.set_read_timeout(60s);
+    return c;
+  }
+
+  /// Sends a request; returns {status, parsed body}. Fails the test on no answer.
+  std::pair<int, json> call(const std::string& method, const std::string& path, const httplib::Headers& headers = {}) {
+    auto c = client();
+    httplib::Result r = method == "GET"      ? c.Get(path.c_str(), headers)
+                        : method == "POST"   ? c.Post(path.c_str(), headers, "", "application/json")
+                        : method == "DELETE" ? c.Delete(path.c_str(), headers)
+                        : method == "PUT"    ? c.Put(path.c_str(), headers, "", "application/json")
+                                             : c.Patch(path.c_str(), headers, "", "application/json");
+    if (!r) {
+      ADD_FAILURE() << method << " " << path << ": no answer (" << httplib::to_string(r.error()) << ")";
+      return {0, json()};
+    }
+    EXPECT_EQ(r->get_header_value("Content-Type"), "application/json") << method << " " << path;
+    return {r->status, json::parse(r->body)};
+  }
+
+  static void expect_error(const std::pair<int, json>& result, int status, const std::string& fragment) {
+    EXPECT_EQ(result.first, status) << result.second.dump();
+    EXPECT_EQ(result.second["success"], false) << result.second.dump();
+    EXPECT_THAT(result.second["error"]["message"].get<std::string>(), HasSubstr(fragment));
+  }
+
+  std::string service(const std::string& name, int port, const std::string& extra_args = "") {
+    return "\"" + name + "\": {\"executable\": \"" + testutil::runfile("tests/helpers/http_service") +
+           "\", \"arguments\": [\"--port\", \"" + std::to_string(port) + "\"" + extra_args +
+           "], \"verifier\": {\"type\": \"pymutils.http_verifier.HttpOkVerifier\", \"arguments\": "
+           "{\"url\": \"http://127.0.0.1:" + std::to_string(port) + "/health\", \"timeout\": 20}}}";
+  }
+
+  std::string dir_;
+  int null_fd_ = -1;
+  std::unique_ptr<pymanager::Manager> manager_;
+  std::unique_ptr<pymanager::HttpApi> api_;
+  std::mutex log_mutex_;
+  std::string log_;
+};
+
+TEST_F(Api, ListAndStatusHaveTheOriginalShapes) {
+  start(R"("web": {"executable": "sleep", "arguments": ["1000"]},
+           "once": {"executable": "sh", "arguments": ["-c", "exit 3"],
+                    "verifier": {"type": "pymutils.exited_verifier.ExitedVerifier", "arguments": {"expect_code": 3}}})");
+  EXPECT_THAT(log(), HasSubstr("HTTP API on http://127.0.0.1:" + std::to_string(api_->port()) + "\n"));
+  auto [status, body] = call("GET", "/");
+  ASSERT_EQ(status, 200);
+  auto processes = manager_->processes();
+  json expected = {{"count", 2},
+                   {"processes",
+                    {{{"id", 1}, {"name", "web"}, {"command", "sleep 1000"}, {"status", "running"}, {"pid", processes[0].pid}},
+                     {{"id", 2}, {"name", "once"}, {"command", "sh -c exit 3"}, {"status", "terminated"}, {"code", 3}}}}};
+  EXPECT_EQ(body, expected);
+  EXPECT_EQ(call("GET", "/status"), std::make_pair(200, json{{"status", "running"}}));
+  auto one = call("GET", "/processes/web");
+  EXPECT_EQ(one.first, 200);
+  EXPECT_EQ(one.second["process"], expected["processes"][0]);
+  EXPECT_EQ(call("GET", "/processes/2").second["process"], expected["processes"][1]);
+}
+
+TEST_F(Api, IdsAreNumbersOrNamesAndBadOnesGetTheOriginalErrors) {
+  start(R"("web": {"executable": "sleep", "arguments": ["1000"]})");
+  expect_error(call("POST", "/restart/7"), 404, "no process with id 7");
+  expect_error(call("POST", "/restart/0"), 404, "no process with id 0");
+  expect_error(call("POST", "/restart/abc"), 400, "invalid process id 'abc'");
+  expect_error(call("POST", "/restart/-1"), 400, "invalid process id '-1'");
+  expect_error(call("GET", "/processes/nope"), 400, "'nope'");
+  expect_error(call("GET", "/processes/5/output"), 404, "no process with id 5");
+}
+
+TEST_F(Api, RestartAnswersAfterTheVerifierPassedWithTheNewPid) {
+  int port = testutil::free_port();
+  start(service("web", port, R"(, "--delay-ms", "200")"));
+  pid_t before = manager_->processes()[0].pid;
+  auto [status, body] = call("POST", "/restart/web");
+  ASSERT_EQ(status, 200) << body.dump();
+  EXPECT_EQ(body["success"], true);
+  EXPECT_EQ(body["process"]["status"], "running");
+  EXPECT_NE(body["process"]["pid"], before);
+  EXPECT_EQ(body["process"]["pid"], manager_->processes()[0].pid);
+  EXPECT_FALSE(testutil::group_alive(before));
+  // Verified before the answer: the service (which binds 200 ms after its
+  // start) answers at once.
+  auto health = httplib::Client("127.0.0.1", port).Get("/health");
+  ASSERT_TRUE(health);
+  EXPECT_EQ(health->status, 200);
+}
+
+TEST_F(Api, ARestartWhoseVerifierFailsSaysSoAndShowsTheProcessAsItIs) {
+  // Passes its verifier the first time; after a restart it exits 2.
+  start(R"("step": {"executable": "sh", "arguments": ["-c", "if [ -f ran ]; then echo 'second run fails' >&2; exit 2; fi; touch ran"],
+                    "verifier": {"type": "pymutils.exited_verifier.ExitedVerifier"}})");
+  auto [status, body] = call("POST", "/restart/1");
+  EXPECT_EQ(status, 500);
+  EXPECT_EQ(body["success"], false);
+  std::string message = body["error"]["message"];
+  EXPECT_THAT(message, HasSubstr("process 'step': verifier pymutils.exited_verifier.ExitedVerifier failed"));
+  EXPECT_THAT(message, HasSubstr("exited with exit code 2"));
+  EXPECT_THAT(message, HasSubstr("second run fails"));
+  EXPECT_EQ(body["process"]["status"], "terminated");
+  EXPECT_EQ(body["process"]["code"], 2);
+}
+
+TEST_F(Api, StopAndStartOneProcess) {
+  start(R"("web": {"executable": "sh", "arguments": ["-c", "echo started; exec sleep 1000"]},
+           "other": {"executable": "sleep", "arguments": ["1000"]})");
+  pid_t first = manager_->processes()[0].pid;
+  auto stopped = call("POST", "/stop/web");
+  ASSERT_EQ(stopped.first, 200) << stopped.second.dump();
+  EXPECT_EQ(stopped.second["process"], (json{{"id", 1}, {"name", "web"}, {"command", "sh -c echo started; exec sleep 1000"},
+                                            {"status", "terminated"}, {"code", -SIGTERM}}));
+  EXPECT_FALSE(testutil::group_alive(first));
+  EXPECT_TRUE(manager_->processes()[1].running) << "stopping one process stopped another";
+  EXPECT_FALSE(manager_->shutdown_begun());
+  auto started = call("POST", "/start/web");
+  ASSERT_EQ(started.first, 200) << started.second.dump();
+  EXPECT_EQ(started.second["process"]["status"], "running");
+  EXPECT_NE(started.second["process"]["pid"], first);
+}
+
+TEST_F(Api, OutputReturnsTheLastLines) {
+  start(R"("talker": {"executable": "sh", "arguments": ["-c", "for i in 1 2 3 4 5; do echo line $i; done; exec sleep 1000"]})");
+  ASSERT_TRUE(wait_until([&] { return manager_->output_tail(0, 1) == std::vector<std::string>{"line 5"}; }));
+  auto [status, body] = call("GET", "/processes/talker/output?lines=2");
+  ASSERT_EQ(status, 200);
+  EXPECT_EQ(body["lines"], (json{"line 4", "line 5"}));
+  EXPECT_EQ(body["process"]["name"], "talker");
+  EXPECT_EQ(call("GET", "/processes/1/output").second["lines"].size(), 5u);
+  expect_error(call("GET", "/processes/1/output?lines=many"), 400, "lines must be a non-negative integer");
+}
+
+TEST_F(Api, DeleteShutsDownAsynchronouslyAndLaterRequestsAreRefused) {
+  start(R"("stubborn": {"executable": "sh", "arguments": ["-c", "trap '' TERM; echo ready; while :; do sleep 0.05; done"]})",
+        R"("keep-alive": true, "graceful-time": 1)");
+  ASSERT_TRUE(wait_until([&] { return manager_->output_tail(0, 1) == std::vector<std::string>{"ready"}; }));
+  pid_t pid = manager_->processes()[0].pid;
+  auto started = std::chrono::steady_clock::now();
+  EXPECT_EQ(call("DELETE", "/"), std::make_pair(200, json{{"success", true}}));
+  // The answer came before the graceful time ran out: the shutdown is asynchronous.
+  EXPECT_LT(std::chrono::steady_clock::now() - started, 1s);
+  EXPECT_FALSE(manager_->finished());
+  expect_error(call("GET", "/"), 403, "shutdown");
+  expect_error(call("POST", "/restart/1"), 403, "shutdown");
+  expect_error(call("POST", "/start/1"), 403, "shutdown");
+  expect_error(call("DELETE", "/"), 403, "shutdown");
+  auto status = call("GET", "/status").second["status"].get<std::string>();
+  EXPECT_TRUE(status == "shutdown" || status == "force shutdown") << status;
+  ASSERT_TRUE(manager_->wait_finished(10s));
+  EXPECT_EQ(call("GET", "/status").second, (json{{"status", "force shutdown"}}));
+  EXPECT_FALSE(testutil::group_alive(pid));
+}
+
+TEST_F(Api, UnknownRoutesAre404AndWrongMethods405InJson) {
+  start(R"("web": {"executable": "sleep", "arguments": ["1000"]})");
+  expect_error(call("GET", "/nope"), 404, "no such endpoint: GET /nope");
+  expect_error(call("GET", "/restart/1/extra"), 404, "no such endpoint");
+  auto wrong = call("PUT", "/");
+  expect_error(wrong, 405, "method PUT not allowed on / (allowed: GET, DELETE)");
+  expect_error(call("GET", "/restart/1"), 405, "allowed: POST");
+  expect_error(call("DELETE", "/status"), 405, "allowed: GET");
+  auto c = client();
+  auto r = c.Put("/", "", "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->get_header_value("Allow"), "GET, DELETE");
+}
+
+TEST_F(Api, MalformedRequestsNeverCrashTheManager) {
+  start(R"("web": {"executable": "sleep", "arguments": ["1000"]})");
+  for (const std::string& raw : {std::string("GARBAGE\r\n\r\n"), std::string("GET / HTTP/1.1\r\nContent-Length: nope\r\n\r\n"),
+                                std::string("\x01\x02\x03\r\n\r\n"), std::string(20000, 'A') + "\r\n\r\n",
+                                std::string("POST /restart/1 HTTP/1.1\r\nHost: x\r\n\r\n")}) {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(api_->port()));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    ASSERT_EQ(::send(fd, raw.data(), raw.size(), MSG_NOSIGNAL), static_cast<ssize_t>(raw.size()));
+    char buffer[4096];
+    timeval timeout{5, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+    std::string answer;
+    for (ssize_t n; answer.find("\r\n\r\n") == std::string::npos && (n = ::recv(fd, buffer, sizeof buffer, 0)) > 0;) {
+      answer.append(buffer, static_cast<std::size_t>(n));
+    }
+    ::close(fd);
+    // An answer, if any, is well-formed HTTP (the parser may also just close).
+    if (!answer.empty()) {
+      EXPECT_THAT(answer, ::testing::StartsWith("HTTP/1.1 ")) << raw.substr(0, 40);
+    }
+  }
+  EXPECT_EQ(call("GET", "/status"), std::make_pair(200, json{{"status", "running"}}));
+  EXPECT_TRUE(manager_->processes()[0].running);
+}
+
+TEST_F(Api, TokenIsRequiredWhenSetAndA401ChangesNothing) {
+  start(R"("web": {"executable": "sleep", "arguments": ["1000"]})", "\"keep-alive\": true", std::string("s3cret"));
+  expect_error(call("GET", "/"), 401, "token");
+  expect_error(call("DELETE", "/"), 401, "token");
+  expect_error(call("DELETE", "/", {{"Authorization", "Bearer wrong"}}), 401, "token");
+  expect_error(call("DELETE", "/", {{"Authorization", "s3cret"}}), 401, "token");
+  EXPECT_FALSE(manager_->shutdown_begun()) << "a request without the token shut the manager down";
+  EXPECT_EQ(call("GET", "/status", {{"Authorization", "Bearer s3cret"}}).first, 200);
+  EXPECT_EQ(call("DELETE", "/", {{"Authorization", "Bearer s3cret"}}).first, 200);
+  EXPECT_TRUE(manager_->wait_finished(10s));
+}
+
+TEST_F(Api, APortInUseIsAnErrorNamingThePort) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof addr;
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  ASSERT_EQ(::listen(fd, 1), 0);
+  ASSERT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  int taken = ntohs(addr.sin_port);
+  auto config = pymanager::parse_config(nlohmann::ordered_json::parse(R"({"processes": {"x": {"executable": "true", "arguments": []}}})"),
+                                        pymanager::builtin_verifiers());
+  pymanager::Manager manager(config);
+  pymanager::HttpApiOptions options;
+  options.port = taken;
+  pymanager::HttpApi api(manager, options);
+  try {
+    api.start();
+    FAIL() << "start() should have thrown";
+  } catch (const pymanager::Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("cannot listen on 127.0.0.1:" + std::to_string(taken)));
+    EXPECT_THAT(e.what(), HasSubstr("Address already in use"));
+  }
+  ::close(fd);
+  EXPECT_FALSE(pymanager::is_loopback_host("0.0.0.0"));
+  EXPECT_TRUE(pymanager::is_loopback_host("127.0.0.1"));
+  EXPECT_TRUE(pymanager::is_loopback_host("::1"));
+}
+
+TEST_F(Api, ConcurrentRestartsOfOneProcessRunOneAfterTheOther) {
+  int port = testutil::free_port();
+  start(service("web", port, R"(, "--delay-ms", "100")"));
+  pid_t original = manager_->processes()[0].pid;
+  auto restart = [&] { return call("POST", "/restart/web"); };
+  auto a = std::async(std::launch::async, restart);
+  auto b = std::async(std::launch::async, restart);
+  auto ra = a.get();
+  auto rb = b.get();
+  ASSERT_EQ(ra.first, 200) << ra.second.dump();
+  ASSERT_EQ(rb.first, 200) << rb.second.dump();
+  pid_t pa = ra.second["process"]["pid"], pb = rb.second["process"]["pid"];
+  EXPECT_NE(pa, pb);
+  EXPECT_NE(pa, original);
+  // One ran after the other: the earlier one's process is gone, the later one runs.
+  pid_t last = manager_->processes()[0].pid;
+  EXPECT_TRUE(last == pa || last == pb);
+  EXPECT_FALSE(testutil::group_alive(last == pa ? pb : pa));
+  EXPECT_TRUE(testutil::pid_alive(last));
+  EXPECT_EQ(manager_->processes()[0].restarts, 2);
+}
+
+TEST_F(Api, ARestartRacingTheShutdownEndsInTheShutdown) {
+  int port = testutil::free_port();
+  start(service("web", port, R"(, "--delay-ms", "300")"));
+  std::vector<pid_t> seen{manager_->processes()[0].pid};
+  auto restart = std::async(std::launch::async, [&] { return call("POST", "/restart/web"); });
+  // The restart is under way (its new process is starting) when the shutdown comes.
+  ASSERT_TRUE(wait_until([&] {
+    auto p = manager_->processes()[0];
+    return p.restarts == 1 || !p.running;
+  }));
+  EXPECT_EQ(call("DELETE", "/").first, 200);
+  auto answer = restart.get();
+  EXPECT_TRUE(answer.first == 403 || answer.first == 500 || answer.first == 200) << answer.second.dump();
+  ASSERT_TRUE(manager_->wait_finished(10s));
+  seen.push_back(manager_->processes()[0].pid);
+  for (pid_t p : seen) EXPECT_FALSE(testutil::group_alive(p)) << "process group " << p << " left behind";
+  EXPECT_FALSE(httplib::Client("127.0.0.1", port).Get("/health"));
+}
+
+}  // namespace
