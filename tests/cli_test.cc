@@ -2,7 +2,9 @@
 // exit codes, signals, keep-alive, daemon mode, messages, and that nothing
 // it launched is left alive afterwards.
 #include <signal.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sys/wait.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -14,6 +16,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
+#include <nlohmann/json.hpp>
 
 #include "tests/test_util.hpp"
 
@@ -405,6 +408,151 @@ TEST_F(Cli, SigkilledManagerLeavesNothingBehind) {
   for (pid_t p : pids_in("pids.txt")) {
     EXPECT_TRUE(wait_until([&] { return !testutil::pid_alive(p); }, 1000ms)) << "pid " << p << " survived";
   }
+}
+
+}  // namespace
+
+namespace {
+
+/// Runs `pymanager ctl ARGS...` in the test's folder.
+class Ctl : public Cli {
+ protected:
+  testutil::RunResult ctl(std::vector<std::string> args, const std::vector<std::string>& env = {}) {
+    args.insert(args.begin(), "ctl");
+    testutil::Child child(command(std::move(args)), dir_, env);
+    return child.wait(30000ms);
+  }
+  /// Starts a manager with the HTTP API on a free port and waits until it is up.
+  std::unique_ptr<testutil::Child> start_manager(const std::string& processes, const std::string& http,
+                                                 const std::vector<std::string>& env = {}) {
+    write_config(processes, R"("keep-alive": true, "graceful-time": 2, "http": )" + http);
+    auto child = std::make_unique<testutil::Child>(command({"-f", "cfg.json", "-v"}), dir_, env);
+    EXPECT_TRUE(child->wait_for_output("all processes are up")) << child->err();
+    return child;
+  }
+};
+
+TEST_F(Ctl, FindsTheRunningManagerByItsStateFileAndDrivesIt) {
+  auto manager = start_manager(sleeper("db") + R"(, "talker": {"executable": "sh",
+      "arguments": ["-c", "echo $$ >> pids.txt; echo first; echo second; exec sleep 1000"]})",
+                               R"({"enabled": true, "port": 0})");
+  std::string state = testutil::read_file(dir_ + "/cfg.json.pymanager-state");
+  EXPECT_THAT(state, HasSubstr("\"url\": \"http://127.0.0.1:"));
+  EXPECT_THAT(state, HasSubstr("\"pid\": " + std::to_string(manager->pid())));
+
+  auto list = ctl({"-f", "cfg.json", "list"});
+  EXPECT_EQ(list.exit_code, 0) << list.err;
+  EXPECT_THAT(list.out, ::testing::MatchesRegex("ID +NAME +STATUS +PID/CODE +COMMAND\n"
+                                                "1 +db +running +pid [0-9]+ +sh -c .*\n"
+                                                "2 +talker +running +pid [0-9]+ +sh -c .*\n"));
+  auto status = ctl({"-f", "cfg.json", "status"});
+  EXPECT_EQ(status.out, "running\n");
+  ASSERT_TRUE(wait_until([&] { return ctl({"-f", "cfg.json", "output", "talker", "-n", "1"}).out == "second\n"; }));
+
+  auto restarted = ctl({"-f", "cfg.json", "--json", "restart", "talker"});
+  EXPECT_EQ(restarted.exit_code, 0) << restarted.err;
+  auto body = nlohmann::json::parse(restarted.out);
+  EXPECT_EQ(body["success"], true);
+  EXPECT_EQ(body["process"]["name"], "talker");
+
+  auto stopped = ctl({"-f", "cfg.json", "stop", "1"});
+  EXPECT_EQ(stopped.exit_code, 0) << stopped.err;
+  EXPECT_THAT(stopped.out, ::testing::ContainsRegex("1 +db +terminated +code -15"));
+  auto started = ctl({"-f", "cfg.json", "start", "db"});
+  EXPECT_EQ(started.exit_code, 0) << started.err;
+  EXPECT_THAT(started.out, ::testing::ContainsRegex("1 +db +running +pid [0-9]+"));
+
+  auto missing = ctl({"-f", "cfg.json", "restart", "9"});
+  EXPECT_EQ(missing.exit_code, 1);
+  EXPECT_THAT(missing.err, HasSubstr("no process with id 9 (HTTP 404)"));
+
+  auto down = ctl({"-f", "cfg.json", "shutdown"});
+  EXPECT_EQ(down.exit_code, 0);
+  EXPECT_EQ(down.out, "shutdown requested\n");
+  EXPECT_EQ(manager->wait(15000ms).exit_code, 0);
+  expect_all_gone("pids.txt");
+  EXPECT_NE(::access((dir_ + "/cfg.json.pymanager-state").c_str(), F_OK), 0) << "the state file was not removed";
+  auto after = ctl({"-f", "cfg.json", "list"});
+  EXPECT_EQ(after.exit_code, 3);
+  EXPECT_THAT(after.err, HasSubstr("no running pymanager found for cfg.json"));
+}
+
+TEST_F(Ctl, AStaleStateFileIsReportedAsSuch) {
+  write_config(sleeper("db"));
+  // The pid of a process that has exited and been reaped.
+  pid_t dead = ::fork();
+  if (dead == 0) ::_exit(0);
+  int status;
+  ::waitpid(dead, &status, 0);
+  testutil::write_file(dir_ + "/cfg.json.pymanager-state",
+                       "{\"pid\": " + std::to_string(dead) + ", \"url\": \"http://127.0.0.1:1\", \"token\": null}");
+  auto result = ctl({"-f", "cfg.json", "status"});
+  EXPECT_EQ(result.exit_code, 3);
+  EXPECT_THAT(result.err, HasSubstr("stale state file cfg.json.pymanager-state: pid " + std::to_string(dead) + " is not running"));
+}
+
+TEST_F(Ctl, TheTokenComesFromWhereTheManagerTookIt) {
+  // From the environment: the manager and ctl both have PYMANAGER_TOKEN.
+  auto manager = start_manager(sleeper("db"), R"({"enabled": true, "port": 0})", {"PYMANAGER_TOKEN=from-env"});
+  EXPECT_THAT(testutil::read_file(dir_ + "/cfg.json.pymanager-state"), HasSubstr("\"token\": \"environment\""));
+  auto without = ctl({"-f", "cfg.json", "status"});
+  EXPECT_EQ(without.exit_code, 2);
+  EXPECT_THAT(without.err, HasSubstr("takes its token from PYMANAGER_TOKEN"));
+  auto wrong = ctl({"-f", "cfg.json", "status"}, {"PYMANAGER_TOKEN=nope"});
+  EXPECT_EQ(wrong.exit_code, 1);
+  EXPECT_THAT(wrong.err, HasSubstr("HTTP 401"));
+  auto right = ctl({"-f", "cfg.json", "status"}, {"PYMANAGER_TOKEN=from-env"});
+  EXPECT_EQ(right.exit_code, 0) << right.err;
+  EXPECT_EQ(right.out, "running\n");
+  manager->signal(SIGTERM);
+  EXPECT_EQ(manager->wait(15000ms).exit_code, 0);
+
+  // From the config: ctl reads it there.
+  auto second = start_manager(sleeper("db"), R"({"enabled": true, "port": 0, "token": "in-config"})");
+  EXPECT_THAT(testutil::read_file(dir_ + "/cfg.json.pymanager-state"), HasSubstr("\"token\": \"config\""));
+  EXPECT_THAT(testutil::read_file(dir_ + "/cfg.json.pymanager-state"), Not(HasSubstr("in-config")));
+  auto list = ctl({"-f", "cfg.json", "list"});
+  EXPECT_EQ(list.exit_code, 0) << list.err;
+  // --url talks to an address directly (with PYMANAGER_TOKEN, here unset: 401).
+  std::string state = testutil::read_file(dir_ + "/cfg.json.pymanager-state");
+  std::string url = nlohmann::json::parse(state)["url"];
+  auto direct = ctl({"--url", url, "status"});
+  EXPECT_EQ(direct.exit_code, 1);
+  EXPECT_THAT(direct.err, HasSubstr("HTTP 401"));
+  auto direct_ok = ctl({"--url", url, "status"}, {"PYMANAGER_TOKEN=in-config"});
+  EXPECT_EQ(direct_ok.out, "running\n");
+  second->signal(SIGTERM);
+  EXPECT_EQ(second->wait(15000ms).exit_code, 0);
+}
+
+TEST_F(Ctl, APortInUseFailsBeforeAnythingIsLaunched) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof addr;
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  ASSERT_EQ(::listen(fd, 1), 0);
+  ASSERT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  int taken = ntohs(addr.sin_port);
+  write_config(R"("first": {"executable": "sh", "arguments": ["-c", "echo ran > ran.txt"]})",
+               R"("http": {"enabled": true, "port": )" + std::to_string(taken) + "}");
+  auto result = run({"-f", "cfg.json"});
+  ::close(fd);
+  EXPECT_EQ(result.exit_code, 5);
+  EXPECT_THAT(result.err, HasSubstr("cannot listen on 127.0.0.1:" + std::to_string(taken)));
+  EXPECT_NE(::access((dir_ + "/ran.txt").c_str(), F_OK), 0) << "a process was launched although the API could not bind";
+}
+
+TEST_F(Ctl, UsageErrors) {
+  EXPECT_EQ(ctl({}).exit_code, 2);
+  auto unknown = ctl({"frobnicate"});
+  EXPECT_EQ(unknown.exit_code, 2);
+  EXPECT_THAT(unknown.err, HasSubstr("unknown command 'frobnicate'"));
+  EXPECT_EQ(ctl({"restart"}).exit_code, 2);
+  auto help = ctl({"--help"});
+  EXPECT_EQ(help.exit_code, 0);
+  EXPECT_THAT(help.out, HasSubstr("output ID"));
 }
 
 }  // namespace
