@@ -526,19 +526,11 @@ TEST_F(Ctl, TheTokenComesFromWhereTheManagerTookIt) {
 }
 
 TEST_F(Ctl, APortInUseFailsBeforeAnythingIsLaunched) {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof addr;
-  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
-  ASSERT_EQ(::listen(fd, 1), 0);
-  ASSERT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
-  int taken = ntohs(addr.sin_port);
+  testutil::Listener listener;
+  int taken = listener.port();
   write_config(R"("first": {"executable": "sh", "arguments": ["-c", "echo ran > ran.txt"]})",
                R"("http": {"enabled": true, "port": )" + std::to_string(taken) + "}");
   auto result = run({"-f", "cfg.json"});
-  ::close(fd);
   EXPECT_EQ(result.exit_code, 5);
   EXPECT_THAT(result.err, HasSubstr("cannot listen on 127.0.0.1:" + std::to_string(taken)));
   EXPECT_NE(::access((dir_ + "/ran.txt").c_str(), F_OK), 0) << "a process was launched although the API could not bind";

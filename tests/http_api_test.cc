@@ -281,15 +281,8 @@ TEST_F(Api, TokenIsRequiredWhenSetAndA401ChangesNothing) {
 }
 
 TEST_F(Api, APortInUseIsAnErrorNamingThePort) {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof addr;
-  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
-  ASSERT_EQ(::listen(fd, 1), 0);
-  ASSERT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
-  int taken = ntohs(addr.sin_port);
+  testutil::Listener listener;
+  int taken = listener.port();
   auto config = pymanager::parse_config(nlohmann::ordered_json::parse(R"({"processes": {"x": {"executable": "true", "arguments": []}}})"),
                                         pymanager::builtin_verifiers());
   pymanager::Manager manager(config);
@@ -303,7 +296,6 @@ TEST_F(Api, APortInUseIsAnErrorNamingThePort) {
     EXPECT_THAT(e.what(), HasSubstr("cannot listen on 127.0.0.1:" + std::to_string(taken)));
     EXPECT_THAT(e.what(), HasSubstr("Address already in use"));
   }
-  ::close(fd);
   EXPECT_FALSE(pymanager::is_loopback_host("0.0.0.0"));
   EXPECT_TRUE(pymanager::is_loopback_host("127.0.0.1"));
   EXPECT_TRUE(pymanager::is_loopback_host("::1"));

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <future>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -94,6 +95,17 @@ pid_t pid_in(const std::string& text, const std::string& marker) {
   return pids.empty() ? 0 : pids.front();
 }
 
+/// The error start() throws; a test failure when it does not throw.
+std::optional<pymanager::Error> start_error(pymanager::Manager& manager) {
+  try {
+    manager.start();
+  } catch (const pymanager::Error& e) {
+    return e;
+  }
+  ADD_FAILURE() << "start() should have thrown";
+  return std::nullopt;
+}
+
 TEST(Manager, LaunchesInOrderAndWaitsForEachVerifier) {
   std::string dir = testutil::make_temp_dir();
   // "second" can only succeed if "first" ran to completion before it started.
@@ -124,15 +136,12 @@ TEST(Manager, MissingExecutableIsASpawnErrorNamingTheProcessAndLeavesNothingRunn
   )"));
   Capture capture;
   pymanager::Manager manager(config, capture.options());
-  try {
-    manager.start();
-    FAIL() << "start() should have thrown";
-  } catch (const pymanager::Error& e) {
-    EXPECT_EQ(e.kind(), pymanager::ErrorKind::spawn_failed);
-    EXPECT_THAT(e.what(), HasSubstr("'ghost'"));
-    EXPECT_THAT(e.what(), HasSubstr("no-such-program-pymanager-test"));
-    EXPECT_THAT(e.what(), HasSubstr("not found"));
-  }
+  auto e = start_error(manager);
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->kind(), pymanager::ErrorKind::spawn_failed);
+  EXPECT_THAT(e->what(), HasSubstr("'ghost'"));
+  EXPECT_THAT(e->what(), HasSubstr("no-such-program-pymanager-test"));
+  EXPECT_THAT(e->what(), HasSubstr("not found"));
   pid_t sleepy = manager.processes()[0].pid;
   ASSERT_GT(sleepy, 0);
   EXPECT_TRUE(manager.finished());
@@ -147,29 +156,23 @@ TEST(Manager, NotExecutableAndMissingWorkingDirectoryAreClearErrors) {
     auto config = parse(config_text(R"("plain": {"executable": "./script.sh", "arguments": []})"), dir);
     Capture capture;
   pymanager::Manager manager(config, capture.options());
-    try {
-      manager.start();
-      FAIL() << "start() should have thrown";
-    } catch (const pymanager::Error& e) {
-      EXPECT_EQ(e.kind(), pymanager::ErrorKind::spawn_failed);
-      EXPECT_THAT(e.what(), HasSubstr("'plain'"));
-      EXPECT_THAT(e.what(), HasSubstr("Permission denied"));
-    }
+    auto e = start_error(manager);
+    ASSERT_TRUE(e);
+    EXPECT_EQ(e->kind(), pymanager::ErrorKind::spawn_failed);
+    EXPECT_THAT(e->what(), HasSubstr("'plain'"));
+    EXPECT_THAT(e->what(), HasSubstr("Permission denied"));
   }
   {
     auto config = parse(config_text(R"("lost": {"executable": "true", "arguments": [],
                                               "options": {"working_directory": "nowhere"}})"), dir);
     Capture capture;
   pymanager::Manager manager(config, capture.options());
-    try {
-      manager.start();
-      FAIL() << "start() should have thrown";
-    } catch (const pymanager::Error& e) {
-      EXPECT_EQ(e.kind(), pymanager::ErrorKind::spawn_failed);
-      EXPECT_THAT(e.what(), HasSubstr("'lost'"));
-      EXPECT_THAT(e.what(), HasSubstr("working_directory " + dir + "/nowhere"));
-      EXPECT_THAT(e.what(), HasSubstr("No such file or directory"));
-    }
+    auto e = start_error(manager);
+    ASSERT_TRUE(e);
+    EXPECT_EQ(e->kind(), pymanager::ErrorKind::spawn_failed);
+    EXPECT_THAT(e->what(), HasSubstr("'lost'"));
+    EXPECT_THAT(e->what(), HasSubstr("working_directory " + dir + "/nowhere"));
+    EXPECT_THAT(e->what(), HasSubstr("No such file or directory"));
   }
 }
 
@@ -195,16 +198,13 @@ TEST(Manager, ExitedVerifierReportsTheWrongCodeWithTheLastOutput) {
   )"));
   Capture capture;
   pymanager::Manager manager(config, capture.options());
-  try {
-    manager.start();
-    FAIL() << "start() should have thrown";
-  } catch (const pymanager::Error& e) {
-    EXPECT_EQ(e.kind(), pymanager::ErrorKind::verify_failed);
-    EXPECT_THAT(e.what(), HasSubstr("'migrate'"));
-    EXPECT_THAT(e.what(), HasSubstr("pymutils.exited_verifier.ExitedVerifier"));
-    EXPECT_THAT(e.what(), HasSubstr("exited with exit code 2, expected exit code 0"));
-    EXPECT_THAT(e.what(), HasSubstr("table exists"));
-  }
+  auto e = start_error(manager);
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->kind(), pymanager::ErrorKind::verify_failed);
+  EXPECT_THAT(e->what(), HasSubstr("'migrate'"));
+  EXPECT_THAT(e->what(), HasSubstr("pymutils.exited_verifier.ExitedVerifier"));
+  EXPECT_THAT(e->what(), HasSubstr("exited with exit code 2, expected exit code 0"));
+  EXPECT_THAT(e->what(), HasSubstr("table exists"));
   // Nothing after the failed step was launched.
   EXPECT_EQ(manager.processes()[1].pid, 0);
 }
@@ -216,13 +216,10 @@ TEST(Manager, ExitedVerifierTimesOutAndTheProcessIsStopped) {
   )"));
   Capture capture;
   pymanager::Manager manager(config, capture.options());
-  try {
-    manager.start();
-    FAIL() << "start() should have thrown";
-  } catch (const pymanager::Error& e) {
-    EXPECT_EQ(e.kind(), pymanager::ErrorKind::verify_failed);
-    EXPECT_THAT(e.what(), HasSubstr("still running after 0.2s"));
-  }
+  auto e = start_error(manager);
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->kind(), pymanager::ErrorKind::verify_failed);
+  EXPECT_THAT(e->what(), HasSubstr("still running after 0.2s"));
   EXPECT_FALSE(testutil::group_alive(manager.processes()[0].pid));
 }
 
@@ -237,16 +234,13 @@ TEST(Manager, HttpVerifierFailsAtOnceWhenTheProcessExits) {
   Capture capture;
   pymanager::Manager manager(config, capture.options());
   auto started = std::chrono::steady_clock::now();
-  try {
-    manager.start();
-    FAIL() << "start() should have thrown";
-  } catch (const pymanager::Error& e) {
-    EXPECT_EQ(e.kind(), pymanager::ErrorKind::verify_failed);
-    EXPECT_THAT(e.what(), HasSubstr("'web'"));
-    EXPECT_THAT(e.what(), HasSubstr("exit code 3"));
-    EXPECT_THAT(e.what(), HasSubstr("connection refused"));
-    EXPECT_THAT(e.what(), HasSubstr("bind: address in use"));
-  }
+  auto e = start_error(manager);
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->kind(), pymanager::ErrorKind::verify_failed);
+  EXPECT_THAT(e->what(), HasSubstr("'web'"));
+  EXPECT_THAT(e->what(), HasSubstr("exit code 3"));
+  EXPECT_THAT(e->what(), HasSubstr("connection refused"));
+  EXPECT_THAT(e->what(), HasSubstr("bind: address in use"));
   // Far from the verifier's 60 s timeout (a behaviour, not a benchmark).
   EXPECT_LT(std::chrono::steady_clock::now() - started, 20s);
 }
