@@ -14,6 +14,7 @@
 #include "pymanager/error.hpp"
 #include "pymanager/http_api.hpp"
 #include "pymanager/manager.hpp"
+#include "pymanager/ports.hpp"
 #include "pymanager/process.hpp"
 #include "pymanager/verifier.hpp"
 #include "pymanager/verifiers/builtin.hpp"

@@ -1,0 +1,449 @@
+// pymanager: free ports by name, so that tests running at the same time never
+// collide. A config asks for one with `${port:NAME}` in any string; each name
+// gets one port per PortAllocator (one per manager), reserved until released.
+//
+//   pymanager::PortAllocator ports;
+//   nlohmann::ordered_json json = pymanager::read_config_json("cfg.json");
+//   pymanager::expand_ports(json, ports);   // "${port:web}" -> "20417"
+//   pymanager::ManagerOptions options;
+//   options.extra_environment = ports.environment();   // PYMANAGER_PORT_WEB=20417
+//
+// What a reservation guarantees (TCP, this machine):
+// - no two PortAllocators that use the same lock folder hand out the same
+//   port while the first one holds it (a lock file per port, flock);
+// - the port is outside the kernel's ephemeral range
+//   (/proc/sys/net/ipv4/ip_local_port_range), so no outgoing connection and
+//   no bind to port 0 by anyone can take it;
+// - nothing was bound to it (0.0.0.0 or [::], without SO_REUSEADDR) when it
+//   was reserved.
+// What it does not guarantee: a program that binds a fixed port without
+// asking pymanager can still take it between the reservation and the bind by
+// the service. The lock is released when the holder exits, however it exits.
+#ifndef PYMANAGER_PORTS_HPP
+#define PYMANAGER_PORTS_HPP
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <fstream>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "pymanager/detail/fd.hpp"
+#include "pymanager/detail/json_check.hpp"
+#include "pymanager/error.hpp"
+
+namespace pymanager {
+inline namespace v1 {
+
+/// Where ports come from and where their locks live. Every field has a
+/// default that the environment can override, so that a whole test suite is
+/// configured without code.
+struct PortOptions {
+  /// The folder of the lock files (`<port>.lock`). Every pymanager that must
+  /// never share a port with this one uses the same folder. Empty: the
+  /// environment variable PYMANAGER_PORT_DIR, else /tmp/pymanager-ports.
+  std::string lock_directory;
+  /// The ports to choose from, inclusive. 0: the environment variable
+  /// PYMANAGER_PORT_RANGE ("LOW-HIGH", used as given), else 10000-65535
+  /// without the kernel's ephemeral range.
+  int low = 0;
+  int high = 0;
+  /// How many random candidates are tried before giving up (a range that
+  /// small is tried port by port, each once).
+  int attempts = 1000;
+};
+
+namespace detail {
+
+/// The kernel's ephemeral range, from which outgoing connections and binds
+/// to port 0 take their ports. Linux's default when it cannot be read.
+inline std::pair<int, int> ephemeral_port_range() {
+  std::ifstream in("/proc/sys/net/ipv4/ip_local_port_range");
+  int low = 0, high = 0;
+  if (in >> low >> high && low > 0 && high >= low) return {low, high};
+  return {32768, 60999};
+}
+
+/// Parses "LOW-HIGH"; nullopt when malformed.
+inline std::optional<std::pair<int, int>> parse_port_range(const std::string& text) {
+  auto dash = text.find('-');
+  if (dash == std::string::npos || dash == 0 || dash + 1 >= text.size()) return std::nullopt;
+  std::string a = text.substr(0, dash), b = text.substr(dash + 1);
+  for (const auto* s : {&a, &b}) {
+    if (s->size() > 5 || s->find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
+  }
+  int low = std::stoi(a), high = std::stoi(b);
+  if (low < 1 || high > 65535 || low > high) return std::nullopt;
+  return std::make_pair(low, high);
+}
+
+/// The candidate ports as inclusive intervals, and a description for errors.
+inline std::vector<std::pair<int, int>> candidate_port_intervals(const PortOptions& options, std::string& description) {
+  if (options.low != 0 || options.high != 0) {
+    if (options.low < 1 || options.high > 65535 || options.low > options.high) {
+      throw Error(ErrorKind::invalid_argument, "port range " + std::to_string(options.low) + "-" +
+                                                   std::to_string(options.high) + " is not a range of ports");
+    }
+    description = std::to_string(options.low) + "-" + std::to_string(options.high);
+    return {{options.low, options.high}};
+  }
+  if (const char* env = std::getenv("PYMANAGER_PORT_RANGE"); env != nullptr && *env != '\0') {
+    auto range = parse_port_range(env);
+    if (!range) throw Error(ErrorKind::invalid_argument, std::string("PYMANAGER_PORT_RANGE: expected LOW-HIGH, got '") + env + "'");
+    description = std::string(env) + " (PYMANAGER_PORT_RANGE)";
+    return {*range};
+  }
+  auto [eph_low, eph_high] = ephemeral_port_range();
+  std::vector<std::pair<int, int>> out;
+  constexpr int kLow = 10000, kHigh = 65535;
+  if (eph_low > kLow) out.emplace_back(kLow, std::min(kHigh, eph_low - 1));
+  if (eph_high < kHigh) out.emplace_back(std::max(kLow, eph_high + 1), kHigh);
+  for (const auto& interval : out) {
+    description += (description.empty() ? "" : ", ") + std::to_string(interval.first) + "-" + std::to_string(interval.second);
+  }
+  if (out.empty()) {
+    throw Error(ErrorKind::invalid_argument, "the kernel's ephemeral port range " + std::to_string(eph_low) + "-" +
+                                                 std::to_string(eph_high) +
+                                                 " leaves no port above 10000; set PYMANAGER_PORT_RANGE");
+  }
+  description += " (outside the ephemeral range " + std::to_string(eph_low) + "-" + std::to_string(eph_high) + ")";
+  return out;
+}
+
+inline std::string port_lock_directory(const PortOptions& options) {
+  if (!options.lock_directory.empty()) return options.lock_directory;
+  if (const char* env = std::getenv("PYMANAGER_PORT_DIR"); env != nullptr && *env != '\0') return env;
+  return "/tmp/pymanager-ports";
+}
+
+/// Creates the shared lock folder if needed: world-writable and sticky (as
+/// /tmp), so that every user's tests share it and none can delete another's
+/// locks. A symbolic link is refused.
+inline void ensure_lock_directory(const std::string& dir) {
+  if (::mkdir(dir.c_str(), 0777) == 0) {
+    // mkdir's mode passed through the umask; the folder is shared on purpose.
+    ::chmod(dir.c_str(), 01777);
+    return;
+  }
+  int err = errno;
+  struct stat st {};
+  if (err == EEXIST && ::lstat(dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) return;
+  if (err == EEXIST) throw Error(ErrorKind::system, "port lock folder " + dir + ": exists and is not a folder");
+  throw_system_error("port lock folder " + dir, err);
+}
+
+/// True when nothing is bound to `port` on any IPv4 or IPv6 address: a bind
+/// to the wildcard address without SO_REUSEADDR fails otherwise (a socket in
+/// TIME_WAIT on that port counts as bound, which is on the safe side).
+inline bool tcp_port_is_free(int port) {
+  {
+    UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (!fd) return false;
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_ANY);
+    addr.sin_port = htons(static_cast<std::uint16_t>(port));
+    if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) return false;
+  }
+  UniqueFd fd(::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd) return true;  // no IPv6 on this machine
+  int one = 1;
+  // IPv6 only: the IPv4 side was checked above.
+  ::setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+  sockaddr_in6 addr{};
+  addr.sin6_family = AF_INET6;
+  addr.sin6_addr = in6addr_any;
+  addr.sin6_port = htons(static_cast<std::uint16_t>(port));
+  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) return true;
+  return errno == EADDRNOTAVAIL || errno == EAFNOSUPPORT;
+}
+
+}  // namespace detail
+
+/// One reserved port: its lock is held until release() or destruction.
+class PortReservation {
+ public:
+  PortReservation() = default;
+  PortReservation(int port, detail::UniqueFd lock, std::string lock_path)
+      : port_(port), lock_(std::move(lock)), lock_path_(std::move(lock_path)) {}
+  PortReservation(PortReservation&& other) noexcept
+      : port_(std::exchange(other.port_, 0)), lock_(std::move(other.lock_)), lock_path_(std::move(other.lock_path_)) {}
+  PortReservation& operator=(PortReservation&& other) noexcept {
+    if (this != &other) {
+      release();
+      port_ = std::exchange(other.port_, 0);
+      lock_ = std::move(other.lock_);
+      lock_path_ = std::move(other.lock_path_);
+    }
+    return *this;
+  }
+  PortReservation(const PortReservation&) = delete;
+  PortReservation& operator=(const PortReservation&) = delete;
+  ~PortReservation() { release(); }
+
+  int port() const { return port_; }
+  explicit operator bool() const { return port_ != 0; }
+  const std::string& lock_path() const { return lock_path_; }
+
+  /// Gives the port back. The lock file is removed while still locked, so
+  /// that a pymanager that opened it just before sees a stale file and
+  /// tries again (see try_lock below).
+  void release() noexcept {
+    if (lock_) {
+      ::unlink(lock_path_.c_str());
+      lock_.reset();
+    }
+    port_ = 0;
+  }
+
+  /// Takes the lock of `port` in `dir` without waiting; nullopt when another
+  /// holder has it.
+  static std::optional<PortReservation> try_lock(const std::string& dir, int port) {
+    std::string path = dir + "/" + std::to_string(port) + ".lock";
+    for (int attempt = 0; attempt < 5; ++attempt) {
+      detail::UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0666));
+      // Another user's lock file in the shared folder may be read-only for
+      // us; flock works on a read-only descriptor too.
+      if (!fd && errno == EACCES) fd.reset(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+      if (!fd) throw_system_error("port lock " + path);
+      if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
+        if (errno == EWOULDBLOCK) return std::nullopt;
+        throw_system_error("port lock " + path + ": flock");
+      }
+      // The previous holder may have removed the file between our open and
+      // our flock: then we locked a file nobody else can find. Try again.
+      struct stat held {}, named {};
+      if (::fstat(fd.get(), &held) != 0) throw_system_error("port lock " + path + ": fstat");
+      if (::stat(path.c_str(), &named) != 0 || named.st_ino != held.st_ino || named.st_dev != held.st_dev) continue;
+      // For people who wonder who holds a port: the holder's pid (in its own
+      // pid namespace) and, under Bazel, its test target.
+      const char* target = std::getenv("TEST_TARGET");
+      if (::ftruncate(fd.get(), 0) == 0) {
+        detail::write_all(fd.get(), std::to_string(::getpid()) + (target ? std::string(" ") + target : std::string()) + "\n");
+      }
+      return PortReservation(port, std::move(fd), path);
+    }
+    return std::nullopt;
+  }
+
+ private:
+  int port_ = 0;
+  detail::UniqueFd lock_;
+  std::string lock_path_;
+};
+
+/// Reserves a port (see the guarantees at the top of this file). Throws
+/// ErrorKind::system when none is found.
+inline PortReservation reserve_port(const PortOptions& options = {}) {
+  std::string description;
+  auto intervals = detail::candidate_port_intervals(options, description);
+  std::string dir = detail::port_lock_directory(options);
+  detail::ensure_lock_directory(dir);
+  long total = 0;
+  for (const auto& interval : intervals) total += interval.second - interval.first + 1;
+  auto nth = [&](long k) {
+    for (const auto& interval : intervals) {
+      long size = interval.second - interval.first + 1;
+      if (k < size) return static_cast<int>(interval.first + k);
+      k -= size;
+    }
+    return intervals.back().second;
+  };
+  std::random_device seed;
+  std::mt19937_64 random(seed());
+  std::uniform_int_distribution<long> pick(0, total - 1);
+  const long tries = std::min<long>(total, std::max(1, options.attempts));
+  // A small range is walked from a random start, so that each port is tried
+  // once; a large one is sampled at random.
+  const long start = pick(random);
+  for (long k = 0; k < tries; ++k) {
+    int port = total <= options.attempts ? nth((start + k) % total) : nth(pick(random));
+    auto reservation = PortReservation::try_lock(dir, port);
+    if (!reservation) continue;
+    if (detail::tcp_port_is_free(port)) return std::move(*reservation);
+  }
+  throw Error(ErrorKind::system, "no free port in " + description + " after " + std::to_string(tries) +
+                                     " attempts (locks in " + dir + ")");
+}
+
+/// The environment variable that carries a named port to the children:
+/// PYMANAGER_PORT_ and the name upper-cased, other characters than letters
+/// and digits as '_' ("web-api" -> PYMANAGER_PORT_WEB_API).
+inline std::string port_environment_name(const std::string& name) {
+  std::string out = "PYMANAGER_PORT_";
+  for (char c : name) {
+    if (c >= 'a' && c <= 'z') {
+      out += static_cast<char>(c - 'a' + 'A');
+    } else if ((c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) {
+      out += c;
+    } else {
+      out += '_';
+    }
+  }
+  return out;
+}
+
+/// A port name: letters, digits, '_', '-' and '.'.
+inline bool valid_port_name(const std::string& name) {
+  if (name.empty() || name.size() > 100) return false;
+  for (char c : name) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-' || c == '.';
+    if (!ok) return false;
+  }
+  return true;
+}
+
+/// Named ports, each reserved on first use and held until release() or
+/// destruction. Thread-safe.
+class PortAllocator {
+ public:
+  explicit PortAllocator(PortOptions options = {}) : options_(std::move(options)) {}
+  PortAllocator(const PortAllocator&) = delete;
+  PortAllocator& operator=(const PortAllocator&) = delete;
+
+  /// The port named `name`, reserved now if this is its first use. Throws
+  /// ErrorKind::invalid_argument for a bad name, system when no port is free.
+  int port(const std::string& name) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (const auto& entry : ports_) {
+      if (entry.first == name) return entry.second.port();
+    }
+    if (!valid_port_name(name)) {
+      throw Error(ErrorKind::invalid_argument, "bad port name '" + name + "': use letters, digits, '_', '-' and '.'");
+    }
+    const std::string variable = port_environment_name(name);
+    for (const auto& entry : ports_) {
+      if (port_environment_name(entry.first) == variable) {
+        throw Error(ErrorKind::invalid_argument, "port names '" + entry.first + "' and '" + name +
+                                                     "' would share the environment variable " + variable);
+      }
+    }
+    ports_.emplace_back(name, reserve_port(options_));
+    return ports_.back().second.port();
+  }
+
+  /// The port named `name` if it is reserved.
+  std::optional<int> find(const std::string& name) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (const auto& entry : ports_) {
+      if (entry.first == name) return entry.second.port();
+    }
+    return std::nullopt;
+  }
+
+  /// Every reserved port, in the order of first use.
+  std::vector<std::pair<std::string, int>> ports() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::vector<std::pair<std::string, int>> out;
+    for (const auto& entry : ports_) out.emplace_back(entry.first, entry.second.port());
+    return out;
+  }
+
+  /// `PYMANAGER_PORT_<NAME>=<port>` for every reserved port, for
+  /// ManagerOptions::extra_environment.
+  std::vector<std::string> environment() const {
+    std::vector<std::string> out;
+    for (const auto& entry : ports()) out.push_back(port_environment_name(entry.first) + "=" + std::to_string(entry.second));
+    return out;
+  }
+
+  /// Gives every port back.
+  void release() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    ports_.clear();
+  }
+
+ private:
+  PortOptions options_;
+  mutable std::mutex mutex_;
+  std::vector<std::pair<std::string, PortReservation>> ports_;
+};
+
+namespace detail {
+
+/// Replaces each `${port:NAME}` in `text`; other `${...}` are left alone (a
+/// shell script may use them). `path` names the JSON value in errors.
+inline std::string expand_port_placeholders(const std::string& text, PortAllocator& ports, const std::string& path) {
+  const char* const kOpen = "${port:";
+  const std::size_t kOpenSize = 7;
+  std::string out;
+  std::size_t pos = 0;
+  for (;;) {
+    std::size_t open = text.find(kOpen, pos);
+    if (open == std::string::npos) break;
+    std::size_t close = text.find('}', open + kOpenSize);
+    if (close == std::string::npos) {
+      throw_config_error(path, "unterminated placeholder '" + text.substr(open) + "' (expected ${port:NAME})");
+    }
+    std::string name = text.substr(open + kOpenSize, close - open - kOpenSize);
+    if (!valid_port_name(name)) {
+      throw_config_error(path, "bad port placeholder '" + text.substr(open, close - open + 1) +
+                                   "': a port name is letters, digits, '_', '-' and '.'");
+    }
+    int port;
+    try {
+      port = ports.port(name);
+    } catch (const Error& e) {
+      throw Error(e.kind(), path + ": cannot reserve port '" + name + "': " + e.what());
+    }
+    out.append(text, pos, open - pos);
+    out += std::to_string(port);
+    pos = close + 1;
+  }
+  if (pos == 0) return text;
+  out.append(text, pos, std::string::npos);
+  return out;
+}
+
+template <class Json>
+void expand_ports_at(Json& value, PortAllocator& ports, const std::string& path) {
+  if (value.is_string()) {
+    const std::string& text = value.template get_ref<const std::string&>();
+    if (text.find("${port:") == std::string::npos) return;
+    std::string expanded = expand_port_placeholders(text, ports, path);
+    // http.port is a number: a string that is exactly one placeholder
+    // becomes the number itself there.
+    if (path == "http.port" && text.rfind("${port:", 0) == 0 && text.back() == '}' &&
+        text.find('}') == text.size() - 1) {
+      value = std::stoi(expanded);
+    } else {
+      value = expanded;
+    }
+  } else if (value.is_object()) {
+    for (auto it = value.begin(); it != value.end(); ++it) expand_ports_at(it.value(), ports, join_path(path, it.key()));
+  } else if (value.is_array()) {
+    for (std::size_t i = 0; i < value.size(); ++i) expand_ports_at(value[i], ports, path + "[" + std::to_string(i) + "]");
+  }
+}
+
+}  // namespace detail
+
+/// Replaces every `${port:NAME}` in the string values of a config (keys are
+/// left alone) with the port `ports` reserves for NAME, the same one for
+/// every use of a name. `"http": {"port": "${port:api}"}` becomes a number.
+/// Do it before parse_config, so that verifier URLs are checked with their
+/// real ports. Throws ErrorKind::config_invalid naming the JSON path of a
+/// malformed placeholder, or system when no port is free.
+template <class Json>
+void expand_ports(Json& config, PortAllocator& ports) {
+  detail::expand_ports_at(config, ports, "");
+}
+
+}  // namespace v1
+}  // namespace pymanager
+
+#endif  // PYMANAGER_PORTS_HPP
