@@ -247,9 +247,18 @@ int main(int argc, char** argv) {
   Options options = parse_arguments(argc, argv);
   Logger logger(options.logfile);
 
+  // `${port:NAME}` placeholders get free ports, held until pymanager exits
+  // (the daemon keeps them after the fork: the locks are shared).
+  pymanager::PortAllocator ports;
   pymanager::Config config;
   try {
-    config = pymanager::load_config_file(options.file, pymanager::builtin_verifiers());
+    nlohmann::ordered_json json = pymanager::read_config_json(options.file);
+    try {
+      pymanager::expand_ports(json, ports);
+      config = pymanager::parse_config(json, pymanager::builtin_verifiers());
+    } catch (const pymanager::Error& e) {
+      throw pymanager::Error(e.kind(), options.file + ": " + e.what());
+    }
   } catch (const pymanager::Error& e) {
     std::cerr << "pymanager: " << e.what() << "\n";
     return pymanager::exit_code_for(e.kind());
@@ -288,6 +297,7 @@ int main(int argc, char** argv) {
 
   pymanager::ManagerOptions manager_options;
   manager_options.verbose = options.verbose;
+  manager_options.extra_environment = ports.environment();
   manager_options.log = [&logger](const std::string& message) { logger(message); };
   int exit_code = 0;
   {
