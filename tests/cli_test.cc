@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <string>
 #include <vector>
@@ -246,6 +247,48 @@ TEST_F(Cli, HttpVerifierFailsOnANon2xxStatusAfterARedirect) {
   auto result = run({"-f", "cfg.json"});
   EXPECT_EQ(result.exit_code, 5);
   EXPECT_THAT(result.err, HasSubstr("process 'web': verifier pymutils.http_verifier.HttpOkVerifier failed: timed out after 0.5s (last attempt: status 503)"));
+}
+
+TEST_F(Cli, ALauncherThatDaemonizesAndExitsZeroIsStillVerified) {
+  // Like `pg_ctl start`: the launcher starts the service in its own session
+  // and exits 0; the verifier keeps polling and passes.
+  int port = testutil::free_port();
+  write_config(R"("db": {"executable": "sh", "arguments": ["-c", "setsid )" + http_service_ + " --port " +
+                   std::to_string(port) + R"( --delay-ms 200 & echo $! > daemon.pid; exit 0"],
+      "verifier": {"type": "pymutils.http_verifier.HttpOkVerifier",
+                   "arguments": {"url": "http://127.0.0.1:)" + std::to_string(port) + R"(/health", "timeout": 10}}})",
+               R"("keep-alive": true)");
+  auto child = start({"-f", "cfg.json", "-v"});
+  ASSERT_TRUE(child->wait_for_output("all processes are up")) << child->err();
+  EXPECT_THAT(child->err(), HasSubstr("'db' verified by pymutils.http_verifier.HttpOkVerifier: status 200"));
+  child->signal(SIGTERM);
+  EXPECT_EQ(child->wait(10000ms).exit_code, 0);
+  // The daemon left the group; the keeper kills it when the manager goes.
+  pid_t daemon = pids_in("daemon.pid").at(0);
+  EXPECT_TRUE(wait_until([&] { return !testutil::pid_alive(daemon); }, 2000ms));
+}
+
+TEST_F(Cli, AClosedStdoutDoesNotKillTheManager) {
+  write_config(R"("chatty": {"executable": "sh", "arguments": ["-c", "echo $$ >> pids.txt; while :; do echo tick >> ticks.txt; echo tick; sleep 0.01; done"]})",
+               R"("keep-alive": true)");
+  auto child = start({"-f", "cfg.json", "-v"});
+  ASSERT_TRUE(child->wait_for_output("all processes are up")) << child->err();
+  child->close_stdout();
+  // Every tick after this is forwarded to a closed stdout (EPIPE). Had that
+  // killed the manager, the keeper would have killed "chatty" at once and
+  // the ticks would stop.
+  auto ticks = [&] {
+    std::string text = testutil::read_file(dir_ + "/ticks.txt");
+    return std::count(text.begin(), text.end(), '\n');
+  };
+  const auto before = ticks();
+  ASSERT_TRUE(wait_until([&] { return ticks() >= before + 20; }));
+  ASSERT_TRUE(testutil::pid_alive(child->pid()));
+  child->signal(SIGTERM);
+  auto result = child->wait(10000ms);
+  EXPECT_EQ(result.exit_code, 0) << result.err;
+  EXPECT_THAT(result.err, HasSubstr("received TERM"));
+  expect_all_gone("pids.txt");
 }
 
 class CliSignal : public Cli, public ::testing::WithParamInterface<int> {};

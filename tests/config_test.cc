@@ -78,6 +78,7 @@ const char* kind_name(ErrorKind kind) {
     case ErrorKind::not_found: return "not_found";
     case ErrorKind::invalid_argument: return "invalid_argument";
     case ErrorKind::shutting_down: return "shutting_down";
+    case ErrorKind::conflict: return "conflict";
     case ErrorKind::system: return "system";
   }
   return "?";

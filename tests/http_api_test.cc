@@ -343,3 +343,70 @@ TEST_F(Api, ARestartRacingTheShutdownEndsInTheShutdown) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST_F(Api, WithoutKeepAliveARestartOfTheOnlyProcessDoesNotEndTheManagerButAStopDoes) {
+  start(R"("web": {"executable": "sleep", "arguments": ["1000"]})", R"("keep-alive": false)");
+  auto restarted = call("POST", "/restart/web");
+  EXPECT_EQ(restarted.first, 200) << restarted.second.dump();
+  EXPECT_FALSE(manager_->shutdown_begun()) << log();
+  EXPECT_TRUE(manager_->processes()[0].running);
+  // Stopping the last running process is "all processes have terminated":
+  // a manager without keep-alive then ends, as the original did.
+  auto stopped = call("POST", "/stop/web");
+  EXPECT_EQ(stopped.first, 200) << stopped.second.dump();
+  EXPECT_TRUE(manager_->wait_finished(10s));
+}
+
+TEST_F(Api, ABarePostWithoutContentLengthIsServed) {
+  start(R"("web": {"executable": "sleep", "arguments": ["1000"]})");
+  pid_t before = manager_->processes()[0].pid;
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(api_->port()));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  // What `curl -X POST http://.../restart/1` sends: no Content-Length.
+  std::string request = "POST /restart/1 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+  ASSERT_EQ(::send(fd, request.data(), request.size(), MSG_NOSIGNAL), static_cast<ssize_t>(request.size()));
+  timeval timeout{20, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+  std::string answer;
+  char buffer[4096];
+  for (ssize_t n; (n = ::recv(fd, buffer, sizeof buffer, 0)) > 0;) answer.append(buffer, static_cast<std::size_t>(n));
+  ::close(fd);
+  EXPECT_THAT(answer, ::testing::StartsWith("HTTP/1.1 200"));
+  EXPECT_THAT(answer, HasSubstr("\"success\":true"));
+  EXPECT_NE(manager_->processes()[0].pid, before);
+}
+
+TEST_F(Api, StopStartAndRestartAre409WhileTheProcessesAreStillLaunching) {
+  dir_ = testutil::make_temp_dir();
+  auto config = pymanager::parse_config(nlohmann::ordered_json::parse(std::string("{") + kModules + R"(,
+    "keep-alive": true, "processes": {
+      "slow": {"executable": "sh", "arguments": ["-c", "sleep 0.5"],
+               "verifier": {"type": "pymutils.exited_verifier.ExitedVerifier"}},
+      "web": {"executable": "sleep", "arguments": ["1000"]}}})"),
+                                        pymanager::builtin_verifiers());
+  pymanager::ManagerOptions options;
+  options.log = [this](const std::string& line) { add_log(line); };
+  manager_ = std::make_unique<pymanager::Manager>(config, options);
+  pymanager::HttpApiOptions api_options;
+  api_options.port = 0;
+  api_ = std::make_unique<pymanager::HttpApi>(*manager_, api_options);
+  api_->start();
+  auto starting = std::async(std::launch::async, [&] { manager_->start(); });
+  ASSERT_TRUE(wait_until([&] { return manager_->processes()[0].running; }));
+  expect_error(call("POST", "/start/web"), 409, "cannot start process 'web': the processes are still being launched");
+  expect_error(call("POST", "/restart/slow"), 409, "still being launched");
+  expect_error(call("POST", "/stop/slow"), 409, "still being launched");
+  ASSERT_EQ(starting.wait_for(20s), std::future_status::ready);
+  starting.get();
+  auto web = manager_->processes()[1];
+  EXPECT_TRUE(web.running);
+  EXPECT_EQ(web.restarts, 0);
+}
+
+}  // namespace

@@ -386,8 +386,10 @@ TEST(Manager, KeepAliveTrueStaysAfterEverythingHasExited) {
   pymanager::Manager manager(config, capture.options());
   manager.start();
   ASSERT_TRUE(wait_until([&] { return manager.processes()[0].exit.has_value(); }));
-  // The exit event has been handled; a manager without keep-alive would
-  // have begun its shutdown by now.
+  // Starting it again goes through the event thread after the exit's
+  // handling is complete; a manager without keep-alive would have begun
+  // its shutdown by then, and refused the start.
+  EXPECT_NO_THROW(manager.start_process(0));
   EXPECT_FALSE(manager.shutdown_begun());
   EXPECT_EQ(manager.state(), pymanager::ManagerState::running);
   manager.shutdown();
@@ -490,7 +492,11 @@ void expect_cleanup_after_host_death(const std::function<void()>& how) {
     how();
     ::_exit(99);  // not reached for the deadly ways
   }
-  ASSERT_TRUE(wait_until([&] { return ::access(pids_file.c_str(), F_OK) == 0; }, 10000ms));
+  if (!wait_until([&] { return ::access(pids_file.c_str(), F_OK) == 0; }, 10000ms)) {
+    ::kill(host, SIGKILL);
+    ::waitpid(host, nullptr, 0);
+    FAIL() << "the host never reported its pids";
+  }
   std::vector<pid_t> pids;
   {
     std::istringstream in(testutil::read_file(pids_file));
@@ -499,7 +505,11 @@ void expect_cleanup_after_host_death(const std::function<void()>& how) {
   }
   ASSERT_EQ(pids.size(), 4u);
   int status;
-  ASSERT_EQ(::waitpid(host, &status, 0), host);
+  if (!wait_until([&] { return ::waitpid(host, &status, WNOHANG) == host; }, 10000ms)) {
+    ::kill(host, SIGKILL);
+    ::waitpid(host, &status, 0);
+    FAIL() << "the host did not die as asked";
+  }
   for (pid_t p : pids) {
     EXPECT_TRUE(wait_until([&] { return !testutil::pid_alive(p); }, 1000ms)) << "pid " << p << " survived its host";
   }
@@ -589,23 +599,89 @@ TEST(Manager, AVerifierStopsWaitingAsSoonAsShutdownBegins) {
   )"));
   Capture capture;
   pymanager::Manager manager(config, capture.options());
-  std::promise<pymanager::ErrorKind> outcome;
-  std::thread starter([&] {
+  auto future = std::async(std::launch::async, [&] {
     try {
       manager.start();
-      outcome.set_value(pymanager::ErrorKind::system);
+      return pymanager::ErrorKind::system;
     } catch (const pymanager::Error& e) {
-      outcome.set_value(e.kind());
+      return e.kind();
     }
   });
-  ASSERT_TRUE(wait_until([&] { return manager.processes()[0].running; }));
+  EXPECT_TRUE(wait_until([&] { return manager.processes()[0].running; }));
   manager.shutdown();
-  auto future = outcome.get_future();
   // Long before the verifier's 120 s timeout.
   ASSERT_EQ(future.wait_for(20s), std::future_status::ready);
   EXPECT_EQ(future.get(), pymanager::ErrorKind::shutting_down);
-  starter.join();
   EXPECT_TRUE(manager.wait_finished(10s));
+}
+
+}  // namespace
+
+namespace {
+
+class ThrowingVerifier : public pymanager::Verifier {
+ public:
+  pymanager::VerifyResult verify(pymanager::VerifyContext&) const override {
+    throw std::runtime_error("disk on fire");
+  }
+};
+
+TEST(Manager, AVerifierThatThrowsFailsItsProcessCleanly) {
+  auto registry = pymanager::builtin_verifiers();
+  registry.add("mytests.Throwing", [](const nlohmann::json&, const std::string&) {
+    return std::make_shared<ThrowingVerifier>();
+  });
+  auto config = pymanager::parse_config(nlohmann::ordered_json::parse(R"({
+    "modules": {"mytests": {"verifiers": ["Throwing"]}},
+    "processes": {"svc": {"executable": "sleep", "arguments": ["1000"], "verifier": {"type": "mytests.Throwing"}}}})"),
+                                        registry);
+  Capture capture;
+  pymanager::Manager manager(config, capture.options());
+  auto e = start_error(manager);
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->kind(), pymanager::ErrorKind::verify_failed);
+  EXPECT_THAT(e->what(), HasSubstr("process 'svc': verifier mytests.Throwing failed: the verifier threw: disk on fire"));
+  EXPECT_FALSE(testutil::group_alive(manager.processes()[0].pid));
+}
+
+TEST(Manager, AnHttpAttemptNeverOutlivesTheVerifierTimeout) {
+  // Accepts connections (the kernel's backlog) but never answers.
+  testutil::Listener silent;
+  auto config = parse(config_text(R"("web": {"executable": "sleep", "arguments": ["1000"],
+      "verifier": {"type": "pymutils.http_verifier.HttpOkVerifier",
+                   "arguments": {"url": "http://127.0.0.1:)" + std::to_string(silent.port()) + R"(/", "timeout": 0.5}}})"));
+  Capture capture;
+  pymanager::Manager manager(config, capture.options());
+  auto started = std::chrono::steady_clock::now();
+  auto e = start_error(manager);
+  ASSERT_TRUE(e);
+  EXPECT_THAT(e->what(), HasSubstr("timed out after 0.5s"));
+  // Each attempt's read timeout is capped at the time left (it was 5 s).
+  EXPECT_LT(std::chrono::steady_clock::now() - started, 4s);
+}
+
+TEST(Manager, TheKeeperStartsWhenTheHostHasClosedItsStandardDescriptors) {
+  pid_t host = ::fork();
+  ASSERT_GE(host, 0);
+  if (host == 0) {
+    ::close(0);
+    ::close(1);
+    try {
+      auto config = parse(config_text(R"("once": {"executable": "sh", "arguments": ["-c", "exit 7"],
+          "verifier": {"type": "pymutils.exited_verifier.ExitedVerifier", "arguments": {"expect_code": 7}}})"));
+      pymanager::ManagerOptions options;
+      options.log = [](const std::string&) {};
+      pymanager::Manager manager(config, options);
+      manager.start();
+      ::_exit(manager.processes()[0].exit->code() == 7 ? 0 : 1);
+    } catch (...) {
+      ::_exit(2);
+    }
+  }
+  int status = -1;
+  ASSERT_TRUE(wait_until([&] { return ::waitpid(host, &status, WNOHANG) == host; }, 20000ms));
+  EXPECT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
 }
 
 }  // namespace

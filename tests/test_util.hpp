@@ -192,11 +192,17 @@ class Child {
 
   pid_t pid() const { return pid_; }
   void signal(int sig) { ::kill(pid_, sig); }
+  /// Closes our end of its stdout: its next writes there fail with EPIPE.
+  void close_stdout() {
+    ::close(out_fd_);
+    out_fd_ = -1;
+  }
 
   /// Reads whatever output is available now.
   void pump() {
     char buffer[8192];
     for (auto [fd, dest] : {std::pair<int, std::string*>{out_fd_, &out_}, {err_fd_, &err_}}) {
+      if (fd < 0) continue;
       for (;;) {
         ssize_t n = ::read(fd, buffer, sizeof buffer);
         if (n <= 0) break;

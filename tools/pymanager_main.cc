@@ -233,6 +233,9 @@ class SignalWatcher {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // A closed stdout (`pymanager | head`) must not kill the manager before it
+  // has stopped its processes: writes then fail with EPIPE instead.
+  ::signal(SIGPIPE, SIG_IGN);
   // Under `bazel run`, the binary starts in its runfiles tree: relative paths
   // the user typed are relative to where they ran bazel.
   if (const char* dir = std::getenv("BUILD_WORKING_DIRECTORY")) {

@@ -23,6 +23,7 @@ enum class ErrorKind {
   not_found,            ///< no process with that id (HTTP 404)
   invalid_argument,     ///< a malformed id or request (HTTP 400)
   shutting_down,        ///< refused because shutdown has begun (HTTP 403)
+  conflict,             ///< refused because the processes are still being launched (HTTP 409)
   system,               ///< a system call failed (exit 5)
 };
 

@@ -78,18 +78,20 @@ class HttpApi {
   void start() {
     server_ = std::make_unique<httplib::Server>();
     if (options_.host.find(':') != std::string::npos) server_->set_address_family(AF_INET6);
-    auto handler = [this](const httplib::Request& req, httplib::Response& res) { handle(req, res); };
-    for (auto route : {&httplib::Server::Get, &httplib::Server::Post, &httplib::Server::Put,
-                       &httplib::Server::Delete, &httplib::Server::Patch, &httplib::Server::Options}) {
-      ((*server_).*route)(".*", handler);
-    }
+    // Every request is answered here, before httplib reads a body: the API
+    // takes none, and a bare `curl -X POST` (no Content-Length) is valid.
+    // One handler for all routes also gives unknown paths 404 and wrong
+    // methods 405 in the API's error shape.
+    server_->set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+      handle(req, res);
+      return httplib::Server::HandlerResponse::Handled;
+    });
     // Malformed requests that never reach a route get a JSON body too.
     server_->set_error_handler([](const httplib::Request&, httplib::Response& res) {
       if (res.body.empty()) {
         set_error(res, res.status,
                   res.status == 404 ? "no such endpoint"
-                                    : "malformed request (HTTP " + std::to_string(res.status) +
-                                          "); POST needs a Content-Length header, e.g. curl -X POST -d ''");
+                                    : "malformed request (HTTP " + std::to_string(res.status) + ")");
       }
     });
     server_->set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
@@ -145,6 +147,7 @@ class HttpApi {
     switch (kind) {
       case ErrorKind::invalid_argument: return 400;
       case ErrorKind::shutting_down: return 403;
+      case ErrorKind::conflict: return 409;
       case ErrorKind::not_found: return 404;
       default: return 500;
     }

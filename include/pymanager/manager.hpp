@@ -232,19 +232,20 @@ class Manager {
 
   /// Stops one process: SIGTERM to its group, SIGKILL after `grace` seconds
   /// (default graceful_time); returns once the group is empty.
+  /// With keep_alive false, stopping the last running process ends the
+  /// manager, as the original did when all processes had terminated.
+  /// Throws shutting_down once shutdown has begun, conflict while start()
+  /// is still launching.
   void stop_process(std::size_t index, std::optional<double> grace = std::nullopt) {
-    check_index(index);
-    std::lock_guard<std::mutex> op(procs_[index]->operation);
+    Operation op(*this, index, "stop");
     stop_locked_operation(index, grace.value_or(config_.graceful_time));
   }
 
   /// Starts a stopped process again and runs its verifier.
   ProcessInfo start_process(std::size_t index) {
-    check_index(index);
-    std::lock_guard<std::mutex> op(procs_[index]->operation);
+    Operation op(*this, index, "start");
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      if (shutdown_begun_) throw Error(ErrorKind::shutting_down, "cannot start process '" + procs_[index]->spec.name + "': shutdown has begun");
       if (procs_[index]->group_alive) return info_locked(index);
     }
     launch_and_verify(index);
@@ -252,14 +253,10 @@ class Manager {
   }
 
   /// Stops the process (as stop_process), launches it again and runs its
-  /// verifier. Restarts of one process run one after the other.
+  /// verifier. Restarts of one process run one after the other; while one is
+  /// under way, the process's exit does not count as "all have exited".
   ProcessInfo restart(std::size_t index, std::optional<double> grace = std::nullopt) {
-    check_index(index);
-    std::lock_guard<std::mutex> op(procs_[index]->operation);
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (shutdown_begun_) throw Error(ErrorKind::shutting_down, "cannot restart process '" + procs_[index]->spec.name + "': shutdown has begun");
-    }
+    Operation op(*this, index, "restart");
     stop_locked_operation(index, grace.value_or(config_.graceful_time));
     launch_and_verify(index);
     return process(index);
@@ -293,6 +290,35 @@ class Manager {
     std::deque<std::string> tail;
   };
 
+  /// One stop/start/restart: serialized per process, refused during
+  /// start-up and shutdown, and counted so that its own exit does not end a
+  /// manager without keep-alive.
+  class Operation {
+   public:
+    Operation(Manager& m, std::size_t index, const char* verb) : m_(m) {
+      m_.check_index(index);
+      lock_ = std::unique_lock<std::mutex>(m_.procs_[index]->operation);
+      std::lock_guard<std::mutex> lock(m_.mutex_);
+      const std::string what = std::string("cannot ") + verb + " process " + quote(m_.procs_[index]->spec.name);
+      if (m_.shutdown_begun_) throw Error(ErrorKind::shutting_down, what + ": shutdown has begun");
+      if (m_.state_ == ManagerState::booting || m_.state_ == ManagerState::launching) {
+        throw Error(ErrorKind::conflict, what + ": the processes are still being launched");
+      }
+      ++m_.operations_;
+    }
+    Operation(const Operation&) = delete;
+    Operation& operator=(const Operation&) = delete;
+    ~Operation() {
+      std::lock_guard<std::mutex> lock(m_.mutex_);
+      --m_.operations_;
+      m_.maybe_finish_when_all_exited_locked();
+    }
+
+   private:
+    Manager& m_;
+    std::unique_lock<std::mutex> lock_;
+  };
+
   class Context : public VerifyContext {
    public:
     Context(Manager& manager, std::size_t index) : m_(manager), index_(index) {}
@@ -303,7 +329,10 @@ class Manager {
     }
     bool sleep_until(Clock::time_point until) override {
       std::unique_lock<std::mutex> lock(m_.mutex_);
-      return !m_.changed_.wait_until(lock, until, [&] { return m_.shutdown_begun_ || m_.procs_[index_]->exit.has_value(); });
+      const bool had_exited = m_.procs_[index_]->exit.has_value();
+      return !m_.changed_.wait_until(lock, until, [&] {
+        return m_.shutdown_begun_ || (!had_exited && m_.procs_[index_]->exit.has_value());
+      });
     }
     std::optional<ExitStatus> wait_exit(Clock::time_point until) override {
       std::unique_lock<std::mutex> lock(m_.mutex_);
@@ -464,7 +493,16 @@ class Manager {
     Proc& p = *procs_[i];
     if (!p.spec.verifier) return;
     Context context(*this, i);
-    VerifyResult result = p.spec.verifier->verifier->verify(context);
+    VerifyResult result;
+    try {
+      result = p.spec.verifier->verifier->verify(context);
+    } catch (const Error&) {
+      throw;
+    } catch (const std::exception& e) {
+      // A user-written verifier's exception is its failure, not the end of
+      // the manager (the clean-up in start() expects a pymanager::Error).
+      result = VerifyResult::failure(std::string("the verifier threw: ") + e.what());
+    }
     if (result.passed) {
       if (options_.verbose || config_.messages.verifier_verbose) {
         log(quote(p.spec.name) + " verified by " + p.spec.verifier->type + (result.message.empty() ? "" : ": " + result.message));
@@ -511,6 +549,7 @@ class Manager {
                                    std::chrono::duration<double>(grace.value_or(config_.graceful_time)));
     if (options_.verbose) log("SIGTERM to " + quote(p.spec.name) + " (process group " + std::to_string(p.pid) + ")");
     keeper_.send_signal(static_cast<std::uint32_t>(i), SIGTERM);
+    wake();  // the event thread must see the new SIGKILL deadline
   }
 
   void send_kill_locked(std::size_t i) {
@@ -557,7 +596,7 @@ class Manager {
   /// keep_alive false: once every launched process has exited while
   /// running, the manager shuts down (and so exits).
   void maybe_finish_when_all_exited_locked() {
-    if (config_.keep_alive || state_ != ManagerState::running || shutdown_begun_) return;
+    if (config_.keep_alive || state_ != ManagerState::running || shutdown_begun_ || operations_ > 0) return;
     for (const auto& p : procs_) {
       if (p->leader_alive) return;
     }
@@ -802,6 +841,7 @@ class Manager {
   bool stopping_ = false;
   bool keeper_gone_ = false;
   int spawns_in_flight_ = 0;
+  int operations_ = 0;  ///< stop/start/restart calls under way
   Clock::time_point shutdown_started_{};
   Clock::time_point next_report_{};
   std::vector<std::unique_ptr<detail::OutputStream>> new_streams_;

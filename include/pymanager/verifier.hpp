@@ -66,7 +66,7 @@ class VerifyContext {
   virtual const std::string& process_name() const = 0;
   virtual int pid() const = 0;
   /// Sleeps until `until`; returns false early, as soon as shutdown begins or
-  /// the process has exited.
+  /// the process exits (if it had not exited already when the sleep began).
   virtual bool sleep_until(Clock::time_point until) = 0;
   /// Waits for the process to exit, until `until`; nullopt on timeout or shutdown.
   virtual std::optional<ExitStatus> wait_exit(Clock::time_point until) = 0;
@@ -144,14 +144,18 @@ VerifyResult retry_until(VerifyContext& context, double timeout, double interval
     }
     context.log(MessageCategory::verifier_fail,
                 "attempt " + std::to_string(attempt_number) + " failed: " + last.message);
-    if (auto exited = context.exit_status()) {
+    // A failed process fails its verifier at once. An exit with code 0 may
+    // be a launcher that daemonized (pg_ctl start, redis --daemonize): keep
+    // trying until the timeout.
+    auto exited = context.exit_status();
+    if (exited && (exited->signaled || exited->value != 0)) {
       return VerifyResult::failure("process exited with " + exited->describe() + " while verifying (last attempt: " +
                                    last.message + ")");
     }
     auto now = Clock::now();
     if (now >= deadline) {
-      return VerifyResult::failure("timed out after " + format_seconds(timeout) + " (last attempt: " +
-                                   last.message + ")");
+      return VerifyResult::failure("timed out after " + format_seconds(timeout) + " (last attempt: " + last.message +
+                                   ")" + (exited ? "; the process had exited with exit code 0" : ""));
     }
     // sleep_until returns early on exit or shutdown; the checks above then report it.
     context.sleep_until(std::min(now + pause, deadline));

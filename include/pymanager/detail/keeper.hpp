@@ -373,7 +373,15 @@ inline void keeper_spawn(KeeperMemory& m, int sock, const KeeperHeader& header, 
   ::sigprocmask(SIG_SETMASK, &chld, nullptr);
 
   // Keep only stderr and our socket: every other descriptor of the host
-  // (listening sockets, its pipes) must not stay open in the keeper.
+  // (listening sockets, its pipes) must not stay open in the keeper. The
+  // socket first moves above the standard descriptors, in case the host
+  // had closed them and it is one of them.
+  if (sock <= 2) {
+    int moved = ::fcntl(sock, F_DUPFD_CLOEXEC, 3);
+    if (moved < 0) ::_exit(1);
+    ::close(sock);
+    sock = moved;
+  }
   int null_fd = ::open("/dev/null", O_RDWR);
   if (null_fd >= 0) {
     ::dup2(null_fd, 0);

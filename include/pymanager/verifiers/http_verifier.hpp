@@ -118,27 +118,32 @@ class HttpOkVerifier : public Verifier {
 
   VerifyResult verify(VerifyContext& context) const override {
     context.log(MessageCategory::verifier_verbose, "polling " + url_);
-    return retry_until(context, timeout_, interval_, [&] { return attempt(context); });
+    const auto deadline =
+        Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_));
+    return retry_until(context, timeout_, interval_, [&] { return attempt(context, deadline); });
   }
 
   const std::string& url() const { return url_; }
 
  private:
-  VerifyResult attempt(VerifyContext& context) const {
+  VerifyResult attempt(VerifyContext& context, Clock::time_point deadline) const {
     // "localhost" may resolve to 127.0.0.1 only (or ::1 first) while the
     // service listens on the other one: try both addresses explicitly.
     if (parsed_.host == "localhost") {
-      VerifyResult v4 = attempt_at(context, "127.0.0.1");
-      if (v4.passed) return v4;
-      VerifyResult v6 = attempt_at(context, "::1");
+      VerifyResult v4 = attempt_at(context, "127.0.0.1", deadline);
+      if (v4.passed || context.cancelled()) return v4;
+      VerifyResult v6 = attempt_at(context, "::1", deadline);
       if (v6.passed) return v6;
       return VerifyResult::failure("127.0.0.1: " + v4.message + "; ::1: " + v6.message);
     }
-    return attempt_at(context, parsed_.host);
+    return attempt_at(context, parsed_.host, deadline);
   }
 
   /// One GET, connecting to `address` (the URL's host, or a literal for it).
-  VerifyResult attempt_at(VerifyContext& context, const std::string& address) const {
+  /// Its timeouts never reach past the verifier's deadline.
+  VerifyResult attempt_at(VerifyContext& context, const std::string& address, Clock::time_point deadline) const {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    left = std::max(left, std::chrono::milliseconds(1));
     std::unique_ptr<httplib::ClientImpl> client;
     if (parsed_.https) {
       client = std::make_unique<httplib::SSLClient>(address, parsed_.port);
@@ -147,8 +152,9 @@ class HttpOkVerifier : public Verifier {
     }
     if (address.find(':') != std::string::npos) client->set_address_family(AF_INET6);
     client->set_follow_location(true);
-    client->set_connection_timeout(std::chrono::milliseconds(2000));
-    client->set_read_timeout(std::chrono::milliseconds(5000));
+    client->set_connection_timeout(std::min(left, std::chrono::milliseconds(2000)));
+    client->set_read_timeout(std::min(left, std::chrono::milliseconds(5000)));
+    client->set_write_timeout(std::min(left, std::chrono::milliseconds(5000)));
     httplib::Headers headers(headers_.begin(), headers_.end());
     // The Host header the URL implies, whatever address we connect to.
     if (headers.find("Host") == headers.end()) headers.emplace("Host", parsed_.authority);
