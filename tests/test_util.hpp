@@ -30,7 +30,7 @@ namespace testutil {
 using Clock = std::chrono::steady_clock;
 
 /// The absolute path of a file in this workspace's runfiles, e.g.
-/// runfile("tests/children/sleeper").
+/// runfile("tests/helpers/http_service").
 inline std::string runfile(const std::string& path) {
   for (const char* var : {"RUNFILES_DIR", "TEST_SRCDIR"}) {
     if (const char* dir = std::getenv(var)) {
