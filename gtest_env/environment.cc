@@ -333,9 +333,16 @@ class Session {
   void up() {
     if (manager_) return;
     quiet_ = false;
-    Config config = load_config();
+    Config config;
+    try {
+      config = load_config();
+      prepare_outputs(config);
+    } catch (...) {
+      // The ports a bad config reserved are given back at once.
+      ports_.reset();
+      throw;
+    }
     config.keep_alive = true;  // the tests decide when the services end
-    prepare_outputs(config);
     sink_.start(names_, live_files_, options_.echo_output, options_.log);
 
     ManagerOptions manager_options;
@@ -849,7 +856,13 @@ Services::Services(ConfigSource source, Options options) {
   }
 }
 
-Services::~Services() { session_->down(false); }
+Services::~Services() {
+  // A report may throw (--gtest_throw_on_failure); a destructor must not.
+  try {
+    session_->down(false);
+  } catch (...) {
+  }
+}
 
 }  // namespace testing
 }  // namespace v1

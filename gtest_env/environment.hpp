@@ -68,7 +68,9 @@ struct Options {
   /// Where the ports of `${port:NAME}` come from (see pymanager/ports.hpp).
   PortOptions ports;
   /// Receives pymanager's own messages, one line each. Default:
-  /// "pymanager: <message>" on standard error.
+  /// "pymanager: <message>" on standard error. It is called from the
+  /// manager's threads, sometimes with the manager's lock held: it must be
+  /// thread-safe and must not call back into the environment or the Manager.
   std::function<void(const std::string&)> log;
 };
 

@@ -131,6 +131,18 @@ TEST(ExpandPorts, MalformedPlaceholdersNameTheJsonPath) {
   EXPECT_TRUE(ports.ports().empty());
 }
 
+TEST(ExpandPorts, TheShellsDefaultValueSyntaxIsLeftAlone) {
+  pymanager::PortAllocator ports;
+  auto json = nlohmann::ordered_json::parse(
+      R"({"processes": {"sh": {"arguments": ["-c", "serve --port ${port:-8080} ${port:=1} ${port:web}"]}}})");
+  pymanager::expand_ports(json, ports);
+  EXPECT_EQ(json["processes"]["sh"]["arguments"][1].get<std::string>(),
+            "serve --port ${port:-8080} ${port:=1} " + std::to_string(*ports.find("web")));
+  EXPECT_EQ(ports.ports().size(), 1u);
+  EXPECT_FALSE(pymanager::valid_port_name("-8080"));
+  EXPECT_FALSE(pymanager::valid_port_name(".hidden"));
+}
+
 TEST(PortAllocator, NamesThatShareAnEnvironmentVariableAreRefused) {
   pymanager::PortAllocator ports;
   ports.port("web-api");

@@ -59,7 +59,9 @@ struct ManagerOptions {
   /// Color the name prefixes. Default: when `output_fd` is a terminal.
   std::optional<bool> color;
   /// Receives the manager's own messages (one line, no newline). Default:
-  /// "pymanager: <message>" on standard error.
+  /// "pymanager: <message>" on standard error. Called from the manager's
+  /// threads, sometimes with its lock held: it must be thread-safe and must
+  /// not call back into the Manager.
   std::function<void(const std::string&)> log;
   /// Also log the life cycle: launches, verifications, signals sent.
   bool verbose = false;

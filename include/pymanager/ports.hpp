@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <cstdlib>
 #include <fstream>
 #include <mutex>
@@ -297,9 +298,10 @@ inline std::string port_environment_name(const std::string& name) {
   return out;
 }
 
-/// A port name: letters, digits, '_', '-' and '.'.
+/// A port name: letters, digits, '_', '-' and '.', not starting with '-' or
+/// '.' (so that the shell's `${port:-8080}` is not taken for a port).
 inline bool valid_port_name(const std::string& name) {
-  if (name.empty() || name.size() > 100) return false;
+  if (name.empty() || name.size() > 100 || name[0] == '-' || name[0] == '.') return false;
   for (char c : name) {
     bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-' || c == '.';
     if (!ok) return false;
@@ -375,8 +377,8 @@ class PortAllocator {
 
 namespace detail {
 
-/// Replaces each `${port:NAME}` in `text`; other `${...}` are left alone (a
-/// shell script may use them). `path` names the JSON value in errors.
+/// Replaces each `${port:NAME}` in `text`; other `${...}`, and the shell's
+/// `${port:-default}` forms, are left alone (a shell script may use them). `path` names the JSON value in errors.
 inline std::string expand_port_placeholders(const std::string& text, PortAllocator& ports, const std::string& path) {
   const char* const kOpen = "${port:";
   const std::size_t kOpenSize = 7;
@@ -385,6 +387,12 @@ inline std::string expand_port_placeholders(const std::string& text, PortAllocat
   for (;;) {
     std::size_t open = text.find(kOpen, pos);
     if (open == std::string::npos) break;
+    // The shell's ${port:-default}, ${port:=x}, ${port:+x}, ${port:?x}: not ours.
+    if (open + kOpenSize < text.size() && std::string("-=+?").find(text[open + kOpenSize]) != std::string::npos) {
+      out.append(text, pos, open + kOpenSize - pos);
+      pos = open + kOpenSize;
+      continue;
+    }
     std::size_t close = text.find('}', open + kOpenSize);
     if (close == std::string::npos) {
       throw_config_error(path, "unterminated placeholder '" + text.substr(open) + "' (expected ${port:NAME})");
