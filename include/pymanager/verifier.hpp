@@ -137,6 +137,11 @@ VerifyResult retry_until(VerifyContext& context, double timeout, double interval
   VerifyResult last = VerifyResult::failure("no attempt made");
   for (int attempt_number = 1;; ++attempt_number) {
     if (context.cancelled()) return VerifyResult::failure("shutdown began while verifying (" + last.message + ")");
+    // No attempt starts at the deadline: its answer would only be a timeout
+    // of its own, hiding what the previous attempt saw.
+    if (attempt_number > 1 && Clock::now() >= deadline) {
+      return VerifyResult::failure("timed out after " + format_seconds(timeout) + " (last attempt: " + last.message + ")");
+    }
     last = attempt();
     if (last.passed) {
       context.log(MessageCategory::verifier_verbose, "attempt " + std::to_string(attempt_number) + " passed");
