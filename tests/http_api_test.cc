@@ -410,3 +410,20 @@ TEST_F(Api, StopStartAndRestartAre409WhileTheProcessesAreStillLaunching) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST_F(Api, ASecondApiOnTheSamePortFailsInsteadOfSharingIt) {
+  start(R"("web": {"executable": "sleep", "arguments": ["1000"]})");
+  pymanager::HttpApiOptions options;
+  options.port = api_->port();
+  pymanager::HttpApi second(*manager_, options);
+  try {
+    second.start();
+    FAIL() << "a second API bound port " << api_->port() << " that the first one serves";
+  } catch (const pymanager::Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("cannot listen on 127.0.0.1:" + std::to_string(api_->port())));
+  }
+}
+
+}  // namespace

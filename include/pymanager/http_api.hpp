@@ -78,6 +78,13 @@ class HttpApi {
   void start() {
     server_ = std::make_unique<httplib::Server>();
     if (options_.host.find(':') != std::string::npos) server_->set_address_family(AF_INET6);
+    // httplib 0.11's default sets SO_REUSEPORT, with which a second manager
+    // on the same port binds silently and the two share the traffic: a port
+    // in use must be an error. SO_REUSEADDR alone still allows a quick restart.
+    server_->set_socket_options([](socket_t sock) {
+      int yes = 1;
+      ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+    });
     // Every request is answered here, before httplib reads a body: the API
     // takes none, and a bare `curl -X POST` (no Content-Length) is valid.
     // One handler for all routes also gives unknown paths 404 and wrong
