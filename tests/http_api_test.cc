@@ -98,6 +98,33 @@ class Api : public ::testing::Test {
     EXPECT_THAT(result.second["error"]["message"].get<std::string>(), HasSubstr(fragment));
   }
 
+  /// Sends `text` as it is over a new connection to the API and returns what
+  /// comes back: the headers only, or everything until the server closes
+  /// (each read bounded by `timeout_s`).
+  std::string raw_request(const std::string& text, bool until_headers, int timeout_s) {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(api_->port()));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    std::string answer;
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+        ::send(fd, text.data(), text.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(text.size())) {
+      ADD_FAILURE() << "cannot send a request to port " << api_->port();
+      ::close(fd);
+      return answer;
+    }
+    timeval timeout{timeout_s, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+    char buffer[4096];
+    for (ssize_t n; !(until_headers && answer.find("\r\n\r\n") != std::string::npos) &&
+                    (n = ::recv(fd, buffer, sizeof buffer, 0)) > 0;) {
+      answer.append(buffer, static_cast<std::size_t>(n));
+    }
+    ::close(fd);
+    return answer;
+  }
+
   std::string service(const std::string& name, int port, const std::string& extra_args = "") {
     return "\"" + name + "\": {\"executable\": \"" + testutil::runfile("tests/helpers/http_service") +
            "\", \"arguments\": [\"--port\", \"" + std::to_string(port) + "\"" + extra_args +
@@ -244,21 +271,7 @@ TEST_F(Api, MalformedRequestsNeverCrashTheManager) {
   for (const std::string& raw : {std::string("GARBAGE\r\n\r\n"), std::string("GET / HTTP/1.1\r\nContent-Length: nope\r\n\r\n"),
                                 std::string("\x01\x02\x03\r\n\r\n"), std::string(20000, 'A') + "\r\n\r\n",
                                 std::string("POST /restart/1 HTTP/1.1\r\nHost: x\r\n\r\n")}) {
-    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(static_cast<uint16_t>(api_->port()));
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
-    ASSERT_EQ(::send(fd, raw.data(), raw.size(), MSG_NOSIGNAL), static_cast<ssize_t>(raw.size()));
-    char buffer[4096];
-    timeval timeout{5, 0};
-    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
-    std::string answer;
-    for (ssize_t n; answer.find("\r\n\r\n") == std::string::npos && (n = ::recv(fd, buffer, sizeof buffer, 0)) > 0;) {
-      answer.append(buffer, static_cast<std::size_t>(n));
-    }
-    ::close(fd);
+    std::string answer = raw_request(raw, /*until_headers=*/true, 5);
     // An answer, if any, is well-formed HTTP (the parser may also just close).
     if (!answer.empty()) {
       EXPECT_THAT(answer, ::testing::StartsWith("HTTP/1.1 ")) << raw.substr(0, 40);
@@ -362,21 +375,9 @@ TEST_F(Api, WithoutKeepAliveARestartOfTheOnlyProcessDoesNotEndTheManagerButAStop
 TEST_F(Api, ABarePostWithoutContentLengthIsServed) {
   start(R"("web": {"executable": "sleep", "arguments": ["1000"]})");
   pid_t before = manager_->processes()[0].pid;
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(api_->port()));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
   // What `curl -X POST http://.../restart/1` sends: no Content-Length.
-  std::string request = "POST /restart/1 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
-  ASSERT_EQ(::send(fd, request.data(), request.size(), MSG_NOSIGNAL), static_cast<ssize_t>(request.size()));
-  timeval timeout{20, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
-  std::string answer;
-  char buffer[4096];
-  for (ssize_t n; (n = ::recv(fd, buffer, sizeof buffer, 0)) > 0;) answer.append(buffer, static_cast<std::size_t>(n));
-  ::close(fd);
+  std::string answer = raw_request("POST /restart/1 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+                                   /*until_headers=*/false, 20);
   EXPECT_THAT(answer, ::testing::StartsWith("HTTP/1.1 200"));
   EXPECT_THAT(answer, HasSubstr("\"success\":true"));
   EXPECT_NE(manager_->processes()[0].pid, before);
