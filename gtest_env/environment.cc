@@ -336,6 +336,7 @@ class Session {
     Config config;
     try {
       config = load_config();
+      for (const auto& warning : config.warnings) options_.log(source_name() + ": warning: " + warning);
       prepare_outputs(config);
     } catch (...) {
       // The ports a bad config reserved are given back at once.

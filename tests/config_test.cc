@@ -309,11 +309,44 @@ TEST(ConfigKeepAlive, BothSpellingsAreAccepted) {
   }
 }
 
-TEST(ConfigKeepAlive, BothSpellingsAtOnceNameTheSecond) {
+// Careful users give both spellings: the original's README documents the
+// hyphen, the original reads the underscore. Such a file runs there, so it
+// runs here, with the underscore's value.
+TEST(ConfigKeepAlive, BothSpellingsWithTheSameValueAreAcceptedSilently) {
+  for (bool value : {true, false}) {
+    Json config = config_with(web_process());
+    config["keep-alive"] = value;
+    config["keep_alive"] = value;
+    Config parsed = pymanager::parse_config(config, builtins());
+    EXPECT_EQ(parsed.keep_alive, value);
+    EXPECT_TRUE(parsed.warnings.empty()) << parsed.warnings.front();
+  }
+}
+
+TEST(ConfigKeepAlive, BothSpellingsWithDifferentValuesTakeTheUnderscoreOneWithAWarning) {
   Json config = config_with(web_process());
   config["keep-alive"] = true;
+  config["keep_alive"] = false;
+  Config parsed = pymanager::parse_config(config, builtins());
+  EXPECT_FALSE(parsed.keep_alive);
+  ASSERT_EQ(parsed.warnings.size(), 1u);
+  EXPECT_EQ(parsed.warnings[0],
+            "keep-alive is true but keep_alive is false: using keep_alive (false), the spelling the original reads");
+  // The order in the file does not matter: the underscore spelling wins.
+  Json reversed = config_with(web_process());
+  reversed["keep_alive"] = true;
+  reversed["keep-alive"] = false;
+  parsed = pymanager::parse_config(reversed, builtins());
+  EXPECT_TRUE(parsed.keep_alive);
+  ASSERT_EQ(parsed.warnings.size(), 1u);
+  EXPECT_NE(parsed.warnings[0].find("using keep_alive (true)"), std::string::npos) << parsed.warnings[0];
+}
+
+TEST(ConfigKeepAlive, EachSpellingIsCheckedEvenWhenTheOtherWins) {
+  Json config = config_with(web_process());
+  config["keep-alive"] = "yes";
   config["keep_alive"] = true;
-  EXPECT_TRUE(FailsWith(config, ErrorKind::config_invalid, "keep_alive: given twice, also as keep-alive"));
+  EXPECT_TRUE(FailsWith(config, ErrorKind::config_invalid, "keep-alive: expected true or false, got a string"));
 }
 
 TEST(ConfigKeepAlive, NotABooleanIsAnError) {
@@ -338,11 +371,43 @@ TEST(ConfigGracefulTime, BothSpellingsAreAccepted) {
   }
 }
 
-TEST(ConfigGracefulTime, BothSpellingsAtOnceNameTheSecond) {
+TEST(ConfigGracefulTime, BothSpellingsWithTheSameValueAreAcceptedSilently) {
   Json config = config_with(web_process());
   config["graceful-time"] = 5;
+  config["graceful_time"] = 5.0;
+  config["restart-graceful-time"] = 2;
+  config["restart_graceful_time"] = 2;
+  Config parsed = pymanager::parse_config(config, builtins());
+  EXPECT_DOUBLE_EQ(parsed.graceful_time, 5.0);
+  EXPECT_DOUBLE_EQ(parsed.restart_graceful_time, 2.0);
+  EXPECT_TRUE(parsed.warnings.empty()) << parsed.warnings.front();
+}
+
+TEST(ConfigGracefulTime, BothSpellingsWithDifferentValuesTakeTheUnderscoreOneWithAWarning) {
+  Json config = config_with(web_process());
+  config["graceful_time"] = 3;
+  config["graceful-time"] = 7.5;
+  config["restart-graceful-time"] = 1;
+  config["restart_graceful_time"] = 0.5;
+  Config parsed = pymanager::parse_config(config, builtins());
+  EXPECT_DOUBLE_EQ(parsed.graceful_time, 3.0);
+  EXPECT_DOUBLE_EQ(parsed.restart_graceful_time, 0.5);
+  ASSERT_EQ(parsed.warnings.size(), 2u);
+  EXPECT_EQ(parsed.warnings[0],
+            "graceful-time is 7.5 but graceful_time is 3: using graceful_time (3), the spelling the original reads");
+  EXPECT_EQ(parsed.warnings[1],
+            "restart-graceful-time is 1 but restart_graceful_time is 0.5: using restart_graceful_time (0.5), the "
+            "spelling the original reads");
+}
+
+TEST(ConfigGracefulTime, EachSpellingIsCheckedEvenWhenTheOtherWins) {
+  Json config = config_with(web_process());
+  config["graceful-time"] = -1;
   config["graceful_time"] = 5;
-  EXPECT_TRUE(FailsWith(config, ErrorKind::config_invalid, "graceful_time: given twice, also as graceful-time"));
+  EXPECT_TRUE(FailsAt(config, "graceful-time", {"must be at least 0", "-1"}));
+  config.erase("graceful-time");
+  config["restart-graceful-time"] = "soon";
+  EXPECT_TRUE(FailsWith(config, ErrorKind::config_invalid, "restart-graceful-time: expected a number, got a string"));
 }
 
 TEST(ConfigGracefulTime, NegativeIsAnError) {

@@ -266,6 +266,7 @@ int main(int argc, char** argv) {
     std::cerr << "pymanager: " << e.what() << "\n";
     return pymanager::exit_code_for(e.kind());
   }
+  for (const auto& warning : config.warnings) logger(options.file + ": warning: " + warning);
   if (options.debug) {
     config.messages.process_exit = true;
     config.messages.verifier_fail = true;

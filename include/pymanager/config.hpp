@@ -75,6 +75,10 @@ struct Config {
   MessageSpec messages;
   std::string default_shell = "/bin/sh";
   std::vector<ProcessSpec> processes;  ///< in the order written in the file
+  /// What the parser accepted but a user should hear about (for example
+  /// `keep-alive` and `keep_alive` given with different values). The
+  /// binary and the GoogleTest environment print each one as a warning.
+  std::vector<std::string> warnings;
   /// The folder relative paths (executable, working_directory, ...) are
   /// resolved against: where pymanager was started. Empty: the current directory.
   std::string base_directory;
@@ -251,14 +255,15 @@ inline Config parse_config(const nlohmann::ordered_json& json, const VerifierReg
     if (config.http.token && config.http.token->empty()) detail::throw_config_error("http.token", "must not be empty");
     reader.finish();
   }
-  std::string keep_key;
-  if (const OJson* keep = root.member_any({"keep-alive", "keep_alive"}, &keep_key)) {
-    if (!keep->is_boolean()) root.expected(keep_key, "true or false", *keep);
-    config.keep_alive = keep->get<bool>();
-  }
-  config.graceful_time = root.number_any({"graceful-time", "graceful_time"}, 0.0).value_or(10.0);
+  // Both spellings may be given: the original's README documents the
+  // hyphen, the original reads the underscore.
+  auto& warnings = config.warnings;
+  auto flag = [&](const std::string& key) { return root.boolean(key); };
+  auto seconds = [&](const std::string& key) { return root.number(key, 0.0); };
+  config.keep_alive = root.either_spelling<bool>("keep-alive", "keep_alive", flag, warnings).value_or(false);
+  config.graceful_time = root.either_spelling<double>("graceful-time", "graceful_time", seconds, warnings).value_or(10.0);
   config.restart_graceful_time =
-      root.number_any({"restart-graceful-time", "restart_graceful_time"}, 0.0).value_or(5.0);
+      root.either_spelling<double>("restart-graceful-time", "restart_graceful_time", seconds, warnings).value_or(5.0);
   if (const OJson* messages = root.member("messages")) detail::parse_messages(*messages, "messages", config);
 
   const OJson* processes = root.member("processes");

@@ -98,22 +98,23 @@ class ObjectReader {
     return it == object_.end() ? nullptr : &*it;
   }
 
-  /// The first present member among spellings (e.g. "keep-alive", "keep_alive");
-  /// two present spellings are an error.
-  const Json* member_any(std::initializer_list<const char*> spellings, std::string* found_key = nullptr) {
-    const Json* found = nullptr;
-    std::string found_name;
-    for (const char* key : spellings) {
-      const Json* m = member(key);
-      if (m == nullptr) continue;
-      if (found != nullptr) {
-        throw_config_error(path_of(key), "given twice, also as " + found_name);
-      }
-      found = m;
-      found_name = key;
+  /// A key with two spellings (`keep-alive`, `keep_alive`): each one given is
+  /// read and checked by `read(key)`. When both are given, the second one
+  /// (`preferred`) wins, as the original reads only that spelling; if their
+  /// values differ, a warning naming both keys and both values is added to
+  /// `warnings`. Giving both is not an error: the original runs such a file.
+  template <class T, class Read>
+  std::optional<T> either_spelling(const std::string& other, const std::string& preferred, Read read,
+                                   std::vector<std::string>& warnings) {
+    std::optional<T> other_value = read(other);
+    std::optional<T> preferred_value = read(preferred);
+    if (!preferred_value) return other_value;
+    if (other_value && !(*other_value == *preferred_value)) {
+      warnings.push_back(path_of(other) + " is " + member_text(other) + " but " + path_of(preferred) + " is " +
+                         member_text(preferred) + ": using " + path_of(preferred) + " (" + member_text(preferred) +
+                         "), the spelling the original reads");
     }
-    if (found_key != nullptr) *found_key = found_name;
-    return found;
+    return preferred_value;
   }
 
   std::optional<bool> boolean(const std::string& key) {
@@ -152,12 +153,6 @@ class ObjectReader {
   /// A finite number, at least `minimum`.
   std::optional<double> number(const std::string& key, double minimum = -HUGE_VAL) {
     return number_at(member(key), key, minimum);
-  }
-
-  std::optional<double> number_any(std::initializer_list<const char*> spellings, double minimum = -HUGE_VAL) {
-    std::string key;
-    const Json* m = member_any(spellings, &key);
-    return number_at(m, key, minimum);
   }
 
   std::optional<long long> integer(const std::string& key, long long minimum, long long maximum) {
@@ -214,6 +209,12 @@ class ObjectReader {
       throw_config_error(path_of(it.key()),
                          suggestion.empty() ? "unknown key" : "unknown key (did you mean " + suggestion + "?)");
     }
+  }
+
+  /// The JSON text of a present member, as written (`true`, `5`, `"x"`).
+  std::string member_text(const std::string& key) const {
+    auto it = object_.find(key);
+    return it == object_.end() ? std::string("absent") : it->dump();
   }
 
   [[noreturn]] void expected(const std::string& key, const std::string& what, const Json& got) const {
