@@ -16,6 +16,17 @@
 
 namespace {
 
+/// Where setup_step.sh writes: the test's own temporary folder under `bazel
+/// test`, and the usual one when the binary is run by hand (the same
+/// fallback as the script's).
+std::string temp_dir() {
+  for (const char* name : {"TEST_TMPDIR", "TMPDIR"}) {
+    const char* dir = std::getenv(name);
+    if (dir != nullptr && *dir != '\0') return dir;
+  }
+  return "/tmp";
+}
+
 /// GET on the greeter, wherever it listens today.
 httplib::Result get(int port, const std::string& path) {
   httplib::Client client("127.0.0.1", port);
@@ -38,7 +49,7 @@ TEST(Greeter, TheSetUpStepRanFirst) {
   ASSERT_TRUE(setup.exit.has_value());
   EXPECT_EQ(setup.exit->code(), 0);
   std::string port = std::to_string(env.port("greeter"));
-  std::ifstream done(std::string(std::getenv("TEST_TMPDIR")) + "/greeter-data/setup-" + port + ".done");
+  std::ifstream done(temp_dir() + "/greeter-data/setup-" + port + ".done");
   std::stringstream text;
   text << done.rdbuf();
   EXPECT_EQ(text.str(), "prepared for port " + port + "\n");

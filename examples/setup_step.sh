@@ -3,7 +3,7 @@
 # It runs to completion before the greeter starts; a non-zero exit fails the
 # set-up and the tests are skipped. It sees the greeter's port already.
 set -eu
-data="${TEST_TMPDIR:-/tmp}/greeter-data"
+data="${TEST_TMPDIR:-${TMPDIR:-/tmp}}/greeter-data"
 mkdir -p "$data"
 done_file="$data/setup-$PYMANAGER_PORT_GREETER.done"
 echo "prepared for port $PYMANAGER_PORT_GREETER" > "$done_file"
