@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <future>
 #include <mutex>
@@ -23,6 +24,7 @@
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 using namespace std::chrono_literals;
 using testutil::wait_until;
 
@@ -442,8 +444,46 @@ TEST(Manager, UnexpectedExitIsReportedAndExpectedOnesAreNot) {
   EXPECT_EQ(exits[0], std::make_pair(std::string("step:0"), true));
   EXPECT_EQ(exits[1], std::make_pair(std::string("crashy:7"), false));
   EXPECT_EQ(exits[2], std::make_pair(std::string("steady:-15"), true));
-  EXPECT_THAT(capture.log(), HasSubstr("process 'crashy' (pid"));
-  EXPECT_THAT(capture.log(), HasSubstr("exited unexpectedly with exit code 7"));
+  // Without process.exit in messages (and without verbose), exits are no
+  // output of ours: the original prints nothing more by default.
+  EXPECT_THAT(capture.log(), Not(HasSubstr("exited")));
+}
+
+TEST(Manager, ExitsAreLoggedOnlyWithProcessExitOrVerbose) {
+  const std::string processes = R"("crashy": {"executable": "sh", "arguments": ["-c", "exit 47"]},
+                                   "steady": {"executable": "sleep", "arguments": ["1000"]})";
+  struct Case {
+    const char* name;
+    std::string extra;
+    bool verbose;
+    const char* expected;  ///< nullptr: no message about the exit
+  };
+  const Case cases[] = {
+      {"quiet", R"("keep-alive": true)", false, nullptr},
+      {"process.exit", R"("keep-alive": true, "messages": ["process.exit"])", false, "process 'crashy' (pid "},
+      {"verbose", R"("keep-alive": true)", true, "exited unexpectedly with exit code 47"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    std::atomic<bool> exited{false};
+    Capture capture;
+    auto options = capture.options();
+    options.verbose = c.verbose;
+    options.on_exit = [&](const pymanager::ProcessInfo& info, bool) {
+      if (info.name == "crashy") exited = true;
+    };
+    pymanager::Manager manager(parse(config_text(processes, c.extra)), options);
+    manager.start();
+    // on_exit runs after the exit was logged.
+    ASSERT_TRUE(wait_until([&] { return exited.load(); }, 20000ms));
+    std::string log = capture.log();
+    if (c.expected == nullptr) {
+      EXPECT_THAT(log, Not(HasSubstr("crashy"))) << log;
+    } else {
+      EXPECT_THAT(log, HasSubstr(c.expected)) << log;
+      EXPECT_THAT(log, HasSubstr("47")) << log;
+    }
+  }
 }
 
 TEST(Manager, ADaemonThatLeftItsGroupIsKilledWhenTheManagerGoesAway) {

@@ -701,7 +701,9 @@ class Manager {
         if (config_.messages.process_exit) {
           log("process " + quote(p.spec.name) + " (pid " + std::to_string(pid) + ") exited with code " +
               std::to_string(status.code()) + (status.signaled ? " (" + status.describe() + ")" : ""));
-        } else if (!expected) {
+        } else if (!expected && options_.verbose) {
+          // Without process.exit (or -v), exits are no output of ours: "By
+          // default, no additional output is displayed", as the original says.
           log("process " + quote(p.spec.name) + " (pid " + std::to_string(pid) + ") exited unexpectedly with " +
               status.describe());
         }
