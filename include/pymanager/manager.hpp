@@ -299,13 +299,17 @@ class Manager {
    public:
     Operation(Manager& m, std::size_t index, const char* verb) : m_(m) {
       m_.check_index(index);
+      const std::string what = std::string("cannot ") + verb + " process " + quote(m_.procs_[index]->spec.name);
+      // Checked before waiting for the process's own lock too: start() holds
+      // that lock while it verifies the process, and a refusal must not
+      // wait for the verifier.
+      {
+        std::lock_guard<std::mutex> lock(m_.mutex_);
+        check_allowed_locked(what);
+      }
       lock_ = std::unique_lock<std::mutex>(m_.procs_[index]->operation);
       std::lock_guard<std::mutex> lock(m_.mutex_);
-      const std::string what = std::string("cannot ") + verb + " process " + quote(m_.procs_[index]->spec.name);
-      if (m_.shutdown_begun_) throw Error(ErrorKind::shutting_down, what + ": shutdown has begun");
-      if (m_.state_ == ManagerState::booting || m_.state_ == ManagerState::launching) {
-        throw Error(ErrorKind::conflict, what + ": the processes are still being launched");
-      }
+      check_allowed_locked(what);
       ++m_.operations_;
     }
     Operation(const Operation&) = delete;
@@ -317,6 +321,13 @@ class Manager {
     }
 
    private:
+    void check_allowed_locked(const std::string& what) const {
+      if (m_.shutdown_begun_) throw Error(ErrorKind::shutting_down, what + ": shutdown has begun");
+      if (m_.state_ == ManagerState::booting || m_.state_ == ManagerState::launching) {
+        throw Error(ErrorKind::conflict, what + ": the processes are still being launched");
+      }
+    }
+
     Manager& m_;
     std::unique_lock<std::mutex> lock_;
   };
