@@ -19,6 +19,7 @@
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
+#include "tests/json_util.hpp"
 #include "tests/test_util.hpp"
 
 namespace {
@@ -225,16 +226,18 @@ TEST_F(Cli, LocalhostFindsAServiceThatListensOnlyOnIpv6Loopback) {
 
 TEST_F(Cli, HttpVerifierRetriesFromMillisecondsAndFollowsRedirects) {
   int port = testutil::free_port();
+  // The service listens only once the test creates "listen".
   write_config(R"("late": {"executable": ")" + http_service_ + R"(", "arguments": ["--port", ")" + std::to_string(port) +
-               R"(", "--delay-ms", "300"], "verifier": {"type": "pymutils.http_verifier.HttpOkVerifier",
-                   "arguments": {"url": "http://127.0.0.1:)" + std::to_string(port) + R"(/redirect", "timeout": 10}}})",
+               R"(", "--wait-for", "listen"], "verifier": {"type": "pymutils.http_verifier.HttpOkVerifier",
+                   "arguments": {"url": "http://127.0.0.1:)" + std::to_string(port) + R"(/redirect", "timeout": 600, "interval": 60}}})",
                R"("messages": ["verifier.fail"])");
   auto child = start({"-f", "cfg.json", "-v"});
+  // Had the retries waited for `interval` (60 s), the third attempt would
+  // come after two minutes: they start after milliseconds and back off.
+  ASSERT_TRUE(child->wait_for_output("attempt 3 failed: connection refused", 30000ms)) << child->err();
+  testutil::write_file(dir_ + "/listen", "");
   ASSERT_TRUE(child->wait_for_output("all processes are up")) << child->err();
   EXPECT_THAT(child->err(), HasSubstr("'late' verified by pymutils.http_verifier.HttpOkVerifier: status 200"));
-  // Several attempts within the 300 ms the service needed to start: the
-  // first retries come after milliseconds, not after `interval` (1 s).
-  EXPECT_THAT(child->err(), HasSubstr("attempt 3 failed: connection refused"));
   child->signal(SIGTERM);
   EXPECT_EQ(child->wait(10000ms).exit_code, 0);
 }
@@ -243,10 +246,10 @@ TEST_F(Cli, HttpVerifierFailsOnANon2xxStatusAfterARedirect) {
   int port = testutil::free_port();
   write_config(R"("web": {"executable": ")" + http_service_ + R"(", "arguments": ["--port", ")" + std::to_string(port) +
                R"("], "verifier": {"type": "pymutils.http_verifier.HttpOkVerifier",
-                   "arguments": {"url": "http://127.0.0.1:)" + std::to_string(port) + R"(/slow-path", "timeout": 0.5}}})");
+                   "arguments": {"url": "http://127.0.0.1:)" + std::to_string(port) + R"(/slow-path", "timeout": 3}}})");
   auto result = run({"-f", "cfg.json"});
   EXPECT_EQ(result.exit_code, 5);
-  EXPECT_THAT(result.err, HasSubstr("process 'web': verifier pymutils.http_verifier.HttpOkVerifier failed: timed out after 0.5s (last attempt: status 503)"));
+  EXPECT_THAT(result.err, HasSubstr("process 'web': verifier pymutils.http_verifier.HttpOkVerifier failed: timed out after 3s (last attempt: status 503)"));
 }
 
 TEST_F(Cli, ALauncherThatDaemonizesAndExitsZeroIsStillVerified) {
@@ -367,6 +370,45 @@ TEST_F(Cli, WithKeepAliveItStaysAfterEveryProcessHasExited) {
   EXPECT_EQ(result.exit_code, 0);
   EXPECT_THAT(result.err, HasSubstr("received TERM"));
   EXPECT_THAT(result.err, Not(HasSubstr("all processes have exited")));
+}
+
+// Careful users write both spellings (the original's README documents the
+// hyphen, the original reads the underscore): such a file runs with the
+// underscore's values, and one warning per differing pair.
+TEST_F(Cli, BothSpellingsInOneFileRunWithTheValuesTheOriginalReads) {
+  // keep_alive (true) wins over keep-alive (false): the manager stays after
+  // its only process has exited.
+  write_config(R"("a": {"executable": "sh", "arguments": ["-c", "exit 3"]})",
+               R"("keep-alive": false, "keep_alive": true, "messages": ["process.exit"])");
+  auto child = start({"-f", "cfg.json", "-v"});
+  ASSERT_TRUE(child->wait_for_output("exited with code 3")) << child->err();
+  child->signal(SIGTERM);
+  auto result = child->wait(10000ms);
+  EXPECT_EQ(result.exit_code, 0) << result.err;
+  EXPECT_THAT(result.err, HasSubstr("pymanager: cfg.json: warning: keep-alive is false but keep_alive is true: using "
+                                    "keep_alive (true), the spelling the original reads\n"));
+  EXPECT_THAT(result.err, HasSubstr("received TERM"));
+  EXPECT_THAT(result.err, Not(HasSubstr("all processes have exited")));
+
+  // graceful_time (60) wins over graceful-time (0): a process that takes its
+  // time over SIGTERM is waited for, not killed at once. Same values for
+  // the restart spellings: no warning.
+  write_config(R"("slow": {"executable": "sh", "arguments": ["-c",
+      "echo $$ >> pids.txt; trap 'echo term > got; while [ ! -e go ]; do sleep 0.01; done; exit 0' TERM; echo ready; while :; do sleep 0.05; done"]})",
+               R"("keep-alive": true, "graceful-time": 0, "graceful_time": 60,
+                  "restart-graceful-time": 3, "restart_graceful_time": 3.0)");
+  child = start({"-f", "cfg.json"});
+  ASSERT_TRUE(child->wait_for_output("slow | ready")) << child->err();
+  child->signal(SIGTERM);
+  ASSERT_TRUE(wait_until([&] { return testutil::read_file(dir_ + "/got") == "term\n"; }, 20000ms)) << child->err();
+  EXPECT_TRUE(testutil::pid_alive(pids_in("pids.txt").at(0))) << child->err();
+  testutil::write_file(dir_ + "/go", "");
+  result = child->wait(20000ms);
+  EXPECT_EQ(result.exit_code, 0) << result.err;
+  EXPECT_THAT(result.err, HasSubstr("cfg.json: warning: graceful-time is 0 but graceful_time is 60: using graceful_time (60)"));
+  EXPECT_THAT(result.err, Not(HasSubstr("restart")));
+  EXPECT_THAT(result.err, Not(HasSubstr("SIGKILL")));
+  expect_all_gone("pids.txt");
 }
 
 TEST_F(Cli, OptionsAndMessagesEndToEnd) {
@@ -494,9 +536,9 @@ TEST_F(Ctl, FindsTheRunningManagerByItsStateFileAndDrivesIt) {
 
   auto restarted = ctl({"-f", "cfg.json", "--json", "restart", "talker"});
   EXPECT_EQ(restarted.exit_code, 0) << restarted.err;
-  auto body = nlohmann::json::parse(restarted.out);
-  EXPECT_EQ(body["success"], true);
-  EXPECT_EQ(body["process"]["name"], "talker");
+  auto body = nlohmann::json::parse(restarted.out, nullptr, /*allow_exceptions=*/false);
+  EXPECT_EQ(testutil::field(body, {"success"}), true);
+  EXPECT_EQ(testutil::field(body, {"process", "name"}), "talker");
 
   auto stopped = ctl({"-f", "cfg.json", "stop", "1"});
   EXPECT_EQ(stopped.exit_code, 0) << stopped.err;
@@ -518,6 +560,36 @@ TEST_F(Ctl, FindsTheRunningManagerByItsStateFileAndDrivesIt) {
   auto after = ctl({"-f", "cfg.json", "list"});
   EXPECT_EQ(after.exit_code, 3);
   EXPECT_THAT(after.err, HasSubstr("no running pymanager found for cfg.json"));
+}
+
+// "By default, no additional output is displayed": an exit nobody asked
+// about is printed only with process.exit in messages (or -v / -w).
+TEST_F(Ctl, AnExitIsPrintedOnlyWhenProcessExitIsAskedFor) {
+  for (const bool asked : {false, true}) {
+    SCOPED_TRACE(asked ? "with process.exit" : "without process.exit");
+    write_config(sleeper("db") + R"(, "q": {"executable": "sh", "arguments": ["-c", "echo bye; exit 47"]})",
+                 std::string(R"("keep-alive": true, "http": {"enabled": true, "port": 0})") +
+                     (asked ? R"(, "messages": ["process.exit"])" : ""));
+    auto manager = start({"-f", "cfg.json"});
+    ASSERT_TRUE(manager->wait_for_output("HTTP API on")) << manager->err();
+    // The manager has handled the exit once the API reports its code.
+    ASSERT_TRUE(wait_until([&] {
+      auto list = ctl({"-f", "cfg.json", "list"});
+      return list.out.find("code 47") != std::string::npos;
+    }, 20000ms)) << manager->err();
+    manager->signal(SIGTERM);
+    auto result = manager->wait(15000ms);
+    EXPECT_EQ(result.exit_code, 0) << result.err;
+    EXPECT_THAT(result.out, HasSubstr("q  | bye"));
+    if (asked) {
+      EXPECT_THAT(result.err, ::testing::ContainsRegex("process 'q' \\(pid [0-9]+\\) exited with code 47"));
+    } else {
+      EXPECT_THAT(result.err, Not(HasSubstr("'q'"))) << result.err;
+      EXPECT_THAT(result.err, Not(HasSubstr("exited"))) << result.err;
+    }
+    expect_all_gone("pids.txt");
+    ::unlink((dir_ + "/pids.txt").c_str());
+  }
 }
 
 TEST_F(Ctl, AStaleStateFileIsReportedAsSuch) {
@@ -558,7 +630,7 @@ TEST_F(Ctl, TheTokenComesFromWhereTheManagerTookIt) {
   EXPECT_EQ(list.exit_code, 0) << list.err;
   // --url talks to an address directly (with PYMANAGER_TOKEN, here unset: 401).
   std::string state = testutil::read_file(dir_ + "/cfg.json.pymanager-state");
-  std::string url = nlohmann::json::parse(state)["url"];
+  std::string url = testutil::text(nlohmann::json::parse(state, nullptr, false), {"url"});
   auto direct = ctl({"--url", url, "status"});
   EXPECT_EQ(direct.exit_code, 1);
   EXPECT_THAT(direct.err, HasSubstr("HTTP 401"));

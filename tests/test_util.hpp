@@ -66,8 +66,10 @@ inline std::string read_file(const std::string& path) {
 
 /// Polls `condition` every 2 ms until it holds or `timeout` passes. For
 /// conditions the test cannot be told about (a file appearing, a pid dying).
+/// The default bound is generous: it only matters when the condition never
+/// comes, and a busy machine can take seconds to start a process.
 inline bool wait_until(const std::function<bool()>& condition,
-                       std::chrono::milliseconds timeout = std::chrono::milliseconds(5000)) {
+                       std::chrono::milliseconds timeout = std::chrono::milliseconds(20000)) {
   auto deadline = Clock::now() + timeout;
   for (;;) {
     if (condition()) return true;
@@ -220,7 +222,7 @@ class Child {
   }
 
   /// Waits (bounded) until stdout+stderr contain `text`.
-  bool wait_for_output(const std::string& text, std::chrono::milliseconds timeout = std::chrono::milliseconds(10000)) {
+  bool wait_for_output(const std::string& text, std::chrono::milliseconds timeout = std::chrono::milliseconds(30000)) {
     return wait_until([&] {
       pump();
       return out_.find(text) != std::string::npos || err_.find(text) != std::string::npos;

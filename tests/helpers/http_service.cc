@@ -1,6 +1,6 @@
 // A test child: an HTTP server on loopback.
-//   http_service --port N [--host 127.0.0.1|::1] [--delay-ms D]
-// Waits D ms, binds, prints "listening on HOST:PORT", then serves
+//   http_service --port N [--host 127.0.0.1|::1] [--delay-ms D] [--wait-for FILE]
+// Waits D ms, and until FILE exists (a state the test controls), binds, prints "listening on HOST:PORT", then serves
 //   GET /health      200 "healthy"
 //   GET /redirect    302 to /health
 //   GET /unavailable 503
@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   std::string host = "127.0.0.1";
   int port = -1;
   int delay_ms = 0;
+  std::string wait_for;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string flag = argv[i];
     if (flag == "--host") {
@@ -29,13 +30,15 @@ int main(int argc, char** argv) {
       port = std::atoi(argv[i + 1]);
     } else if (flag == "--delay-ms") {
       delay_ms = std::atoi(argv[i + 1]);
+    } else if (flag == "--wait-for") {
+      wait_for = argv[i + 1];
     } else {
       port = -1;
       break;
     }
   }
   if (port < 0 || argc % 2 != 1) {
-    std::cerr << "usage: http_service --port N [--host H] [--delay-ms D]\n";
+    std::cerr << "usage: http_service --port N [--host H] [--delay-ms D] [--wait-for FILE]\n";
     return 2;
   }
   sigset_t term;
@@ -43,6 +46,9 @@ int main(int argc, char** argv) {
   sigaddset(&term, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &term, nullptr);
   std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
+  while (!wait_for.empty() && ::access(wait_for.c_str(), F_OK) != 0) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
 
   httplib::Server server;
   server.Get("/health", [](const httplib::Request&, httplib::Response& res) { res.set_content("healthy", "text/plain"); });
