@@ -426,7 +426,7 @@ class Session {
 
     api_.reset();
     manager_->shutdown();
-    bool finished = manager_->wait_finished(std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(graceful)) +
+    bool finished = manager_->wait_finished(seconds_to_duration(graceful) +
                                             std::chrono::seconds(10));
     auto after = manager_->processes();
     for (std::size_t i = 0; i < after.size() && i < before.size(); ++i) {

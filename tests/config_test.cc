@@ -5,8 +5,10 @@
 // bad value, in the form `<path>: <problem>`.
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <sys/types.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <initializer_list>
@@ -1144,3 +1146,148 @@ TEST(ConfigExitCodes, EachKindMapsToTheOriginalsCode) {
 }
 
 }  // namespace
+
+// ---------------------------------------------------------------------------
+// Hostile input: each of these crashed, hung or misbehaved before.
+
+TEST_F(ConfigFile, DeepNestingIsAnErrorNotAStackOverflow) {
+  // 30,000 nested arrays at the top, and 100,000 inside `arguments` and
+  // under an unknown key: each walk of such a tree used to recurse.
+  const std::string deep_top = std::string(30000, '[') + std::string(30000, ']');
+  Outcome outcome = try_load(write("deep.json", deep_top));
+  EXPECT_TRUE(has_kind(outcome, ErrorKind::config_invalid));
+  EXPECT_TRUE(contains(outcome.message, "nested deeper than 64 levels")) << outcome.message.substr(0, 300);
+  for (const char* where : {R"("arguments": )", R"("arguments": [], "unknown": )"}) {
+    std::string text = std::string(R"({"processes": {"web": {"executable": "x", )") + where +
+                       std::string(100000, '[') + std::string(100000, ']') + "}}}";
+    outcome = try_load(write("deep-inside.json", text));
+    EXPECT_TRUE(has_kind(outcome, ErrorKind::config_invalid));
+    EXPECT_TRUE(contains(outcome.message, "deep-inside.json: processes.web.")) << outcome.message.substr(0, 300);
+    EXPECT_TRUE(contains(outcome.message, "nested deeper than 64 levels")) << outcome.message.substr(0, 300);
+  }
+}
+
+TEST(ConfigHostile, DeepNestingGivenAsJsonIsAnErrorToo) {
+  // A program that builds the JSON itself (the GoogleTest environment takes
+  // one) gets the same check before any recursive walk.
+  Json deep = Json::array();
+  for (int i = 0; i < 100000; ++i) {
+    Json outer = Json::array();
+    outer.push_back(std::move(deep));
+    deep = std::move(outer);
+  }
+  Json config = config_with(web_process());
+  config["processes"]["web"]["arguments"] = std::move(deep);
+  Outcome outcome = try_parse(config);
+  EXPECT_TRUE(has_kind(outcome, ErrorKind::config_invalid));
+  EXPECT_EQ(outcome.message.rfind("processes.web.arguments[0][0][0]", 0), 0u) << outcome.message;
+  EXPECT_TRUE(contains(outcome.message, "...: nested deeper than 64 levels")) << outcome.message;
+}
+
+TEST_F(ConfigFile, NumbersTooLargeForADoubleAreNotJson) {
+  for (const char* value : {"1e999", "-1e999"}) {
+    SCOPED_TRACE(value);
+    Outcome outcome = try_load(write("huge.json", std::string(R"({"graceful-time": )") + value +
+                                                      R"(, "processes": {"web": {"executable": "x", "arguments": []}}})"));
+    EXPECT_TRUE(has_kind(outcome, ErrorKind::config_not_json));
+    EXPECT_TRUE(contains(outcome.message, "number overflow")) << outcome.message;
+  }
+}
+
+TEST(ConfigHostile, AbsurdTimesAreRefusedSoNoDeadlineOverflows) {
+  for (const char* key : {"graceful-time", "graceful_time", "restart-graceful-time", "restart_graceful_time"}) {
+    SCOPED_TRACE(key);
+    Json config = config_with(web_process());
+    config[key] = 1e10;
+    EXPECT_TRUE(FailsAt(config, key, {"must be at most 604800 seconds (a week)"}));
+    config[key] = 604800;
+    EXPECT_FALSE(try_parse(config).threw) << try_parse(config).message;
+  }
+  for (const char* key : {"timeout", "interval"}) {
+    SCOPED_TRACE(key);
+    EXPECT_TRUE(FailsAt(config_with_verifier(kHttpOk, Json{{"url", "http://127.0.0.1:1/"}, {key, 1e308}}),
+                        std::string("processes.web.verifier.arguments.") + key, {"must be at most 604800"}));
+  }
+  EXPECT_TRUE(FailsAt(config_with_verifier(kExited, Json{{"timeout", 1e10}}), "processes.web.verifier.arguments.timeout",
+                      {"must be at most 604800"}));
+  // Code that takes seconds directly clamps them.
+  EXPECT_EQ(pymanager::seconds_to_duration(1e308), pymanager::seconds_to_duration(604800));
+  EXPECT_EQ(pymanager::seconds_to_duration(-5), pymanager::Clock::duration::zero());
+  EXPECT_EQ(pymanager::seconds_to_duration(std::nan("")), pymanager::Clock::duration::zero());
+}
+
+TEST_F(ConfigFile, OnlyARegularFileOfBoundedSizeIsRead) {
+  // /dev/zero never ends, and a FIFO without a writer never answers.
+  Outcome outcome = try_load("/dev/zero");
+  EXPECT_TRUE(has_kind(outcome, ErrorKind::config_unreadable));
+  EXPECT_EQ(outcome.message, "cannot read config file /dev/zero: not a regular file");
+  std::string fifo = dir_ + "/fifo.json";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  files_.push_back(fifo);
+  outcome = try_load(fifo);
+  EXPECT_TRUE(has_kind(outcome, ErrorKind::config_unreadable));
+  EXPECT_TRUE(contains(outcome.message, "not a regular file")) << outcome.message;
+  // A (sparse) file over the limit is refused before it is read.
+  std::string big = write("big.json", "");
+  ASSERT_EQ(::truncate(big.c_str(), static_cast<off_t>(pymanager::kMaxConfigFileBytes) + 1), 0);
+  outcome = try_load(big);
+  EXPECT_TRUE(has_kind(outcome, ErrorKind::config_unreadable));
+  EXPECT_TRUE(contains(outcome.message, "larger than 64 MiB")) << outcome.message;
+}
+
+TEST_F(ConfigFile, DuplicateKeysAreErrorsNamingThePath) {
+  Outcome outcome = try_load(write("dup.json", R"({"processes": {
+      "a": {"executable": "x", "arguments": []},
+      "a": {"executable": "y", "arguments": []}}})"));
+  EXPECT_TRUE(has_kind(outcome, ErrorKind::config_invalid));
+  EXPECT_TRUE(contains(outcome.message, "dup.json: processes.a: duplicate key")) << outcome.message;
+  outcome = try_load(write("dup-deep.json", R"({"processes": {"a": {"executable": "x", "arguments": [],
+      "verifier": {"type": "t", "arguments": {"url": "u", "url": "v"}}}}})"));
+  EXPECT_TRUE(contains(outcome.message, "processes.a.verifier.arguments.url: duplicate key")) << outcome.message;
+  outcome = try_load(write("dup-array.json", R"({"processes": {"a": {"executable": "x", "arguments": [{"k": 1, "k": 2}]}}})"));
+  EXPECT_TRUE(contains(outcome.message, "processes.a.arguments[0].k: duplicate key")) << outcome.message;
+  outcome = try_load(write("dup-top.json", R"({"keep_alive": true, "keep_alive": false, "processes": {}})"));
+  EXPECT_TRUE(contains(outcome.message, "dup-top.json: keep_alive: duplicate key")) << outcome.message;
+}
+
+TEST_F(ConfigFile, ANulByteInAStringIsAnErrorNamingThePath) {
+  struct Case {
+    const char* process;
+    const char* path;
+  };
+  const Case cases[] = {
+      {R"({"executable": "/bin/e\u0000cho", "arguments": []})", "processes.web.executable"},
+      {R"({"executable": "env", "arguments": ["one\u0000INJECTED=1"]})", "processes.web.arguments[0]"},
+      {R"({"executable": "env", "arguments": [], "options": {"working_directory": "/tmp\u0000/x"}})",
+       "processes.web.options.working_directory"},
+      {R"({"executable": "env", "arguments": [], "options": {"environment_file": "a\u0000b"}})",
+       "processes.web.options.environment_file"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.path);
+    std::string text = std::string(R"({"processes": {"web": )") + c.process + "}}";
+    // From a file ...
+    Outcome outcome = try_load(write("nul.json", text));
+    EXPECT_TRUE(has_kind(outcome, ErrorKind::config_invalid));
+    EXPECT_TRUE(contains(outcome.message, std::string("nul.json: ") + c.path + ": contains a NUL byte")) << outcome.message;
+    // ... and as JSON built by a program.
+    EXPECT_TRUE(FailsAt(parse_json(text.c_str()), c.path, {"contains a NUL byte"}));
+  }
+  Outcome outcome = try_load(write("nul-name.json", R"({"processes": {"we\u0000b": {"executable": "x", "arguments": []}}})"));
+  EXPECT_TRUE(contains(outcome.message, "nul-name.json: processes.we\\u0000b: contains a NUL byte")) << outcome.message;
+}
+
+TEST(ConfigHostile, ManyProcessesParseInOrder) {
+  // The parse is linear (bench/lifecycle_bench measures it); this checks
+  // that 20,000 processes come out complete and in file order.
+  std::string text = R"({"processes": {)";
+  for (int i = 0; i < 20000; ++i) {
+    text += (i ? "," : "") + std::string("\"p") + std::to_string(i) + R"(": {"executable": "x", "arguments": ["a"]})";
+  }
+  text += "}}";
+  Config config = pymanager::parse_config(pymanager::detail::parse_json_text(text), builtins());
+  ASSERT_EQ(config.processes.size(), 20000u);
+  EXPECT_EQ(config.processes.front().name, "p0");
+  EXPECT_EQ(config.processes[14321].name, "p14321");
+  EXPECT_EQ(config.processes.back().name, "p19999");
+}

@@ -7,20 +7,23 @@
 #ifndef PYMANAGER_CONFIG_HPP
 #define PYMANAGER_CONFIG_HPP
 
-#include <fstream>
+#include <algorithm>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <vector>
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
+#include "pymanager/detail/fd.hpp"
 #include "pymanager/detail/json_check.hpp"
+#include "pymanager/detail/json_reader.hpp"
 #include "pymanager/error.hpp"
 #include "pymanager/verifier.hpp"
 
@@ -234,6 +237,7 @@ inline ProcessSpec parse_process(const std::string& name, const OJson& value, co
 /// kind config_invalid (or config_no_processes) naming the JSON path.
 inline Config parse_config(const nlohmann::ordered_json& json, const VerifierRegistry& registry) {
   using detail::OJson;
+  detail::check_nesting(json);
   detail::ObjectReader<OJson> root(json, "");
   Config config;
 
@@ -259,7 +263,7 @@ inline Config parse_config(const nlohmann::ordered_json& json, const VerifierReg
   // hyphen, the original reads the underscore.
   auto& warnings = config.warnings;
   auto flag = [&](const std::string& key) { return root.boolean(key); };
-  auto seconds = [&](const std::string& key) { return root.number(key, 0.0); };
+  auto seconds = [&](const std::string& key) { return root.seconds(key); };
   config.keep_alive = root.either_spelling<bool>("keep-alive", "keep_alive", flag, warnings).value_or(false);
   config.graceful_time = root.either_spelling<double>("graceful-time", "graceful_time", seconds, warnings).value_or(10.0);
   config.restart_graceful_time =
@@ -275,35 +279,61 @@ inline Config parse_config(const nlohmann::ordered_json& json, const VerifierReg
     detail::throw_config_error("processes", "expected an object (process name -> process), got " +
                                                 detail::describe_json_type(*processes));
   }
+  config.processes.reserve(processes->size());
   for (auto it = processes->begin(); it != processes->end(); ++it) {
     if (it.key().empty()) detail::throw_config_error("processes", "a process name must not be empty");
+    detail::check_no_nul(it.key(), detail::join_path("processes", it.key()));
     config.processes.push_back(
         detail::parse_process(it.key(), *it, detail::join_path("processes", it.key()), config, registry));
   }
   return config;
 }
 
-/// Reads a config file as JSON, keeping the order of its keys. Throws
-/// config_not_found, config_unreadable or config_not_json.
+/// The largest config file read (a file of 100,000 processes is about 17 MiB).
+constexpr std::size_t kMaxConfigFileBytes = 64 * 1024 * 1024;
+
+/// Reads a config file as JSON, keeping the order of its keys. Only a
+/// regular file of at most kMaxConfigFileBytes is read (never a FIFO, a
+/// device or /dev/zero). Throws config_not_found, config_unreadable,
+/// config_not_json, or config_invalid for a duplicate key, a NUL byte in a
+/// string or a nesting deeper than detail::kMaxJsonDepth (each with its
+/// JSON path).
 inline nlohmann::ordered_json read_config_json(const std::string& path) {
+  auto unreadable = [&](const std::string& why) {
+    return Error(ErrorKind::config_unreadable, "cannot read config file " + path + ": " + why);
+  };
+  // O_NONBLOCK: opening a FIFO that nobody writes must not wait.
+  detail::UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY));
+  if (!fd) {
+    if (errno == ENOENT) throw Error(ErrorKind::config_not_found, "config file not found: " + path);
+    throw unreadable(std::strerror(errno));
+  }
   struct stat st {};
-  if (::stat(path.c_str(), &st) != 0 && errno == ENOENT) {
-    throw Error(ErrorKind::config_not_found, "config file not found: " + path);
+  if (::fstat(fd.get(), &st) != 0) throw unreadable(std::strerror(errno));
+  if (S_ISDIR(st.st_mode)) throw unreadable("is a directory");
+  if (!S_ISREG(st.st_mode)) throw unreadable("not a regular file");
+  const std::string limit = std::to_string(kMaxConfigFileBytes / (1024 * 1024)) + " MiB";
+  if (static_cast<unsigned long long>(st.st_size) > kMaxConfigFileBytes) {
+    throw unreadable("larger than " + limit + " (" + std::to_string(st.st_size) + " bytes)");
   }
-  if (S_ISDIR(st.st_mode)) throw Error(ErrorKind::config_unreadable, "cannot read config file " + path + ": is a directory");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(ErrorKind::config_unreadable, errno_message("cannot read config file " + path, errno));
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  if (in.bad()) throw Error(ErrorKind::config_unreadable, errno_message("cannot read config file " + path, errno));
-  nlohmann::ordered_json json;
+  std::string text;
+  text.resize(static_cast<std::size_t>(st.st_size));
+  std::size_t used = 0;
+  for (;;) {
+    // One byte more than the limit, in case the file grows while we read.
+    if (text.size() - used < 4096) text.resize(std::min(text.size() + 65536, kMaxConfigFileBytes + 1));
+    if (used == text.size()) throw unreadable("larger than " + limit);
+    ssize_t n = detail::retry_eintr([&] { return ::read(fd.get(), &text[used], text.size() - used); });
+    if (n < 0) throw unreadable(std::strerror(errno));
+    if (n == 0) break;
+    used += static_cast<std::size_t>(n);
+  }
+  text.resize(used);
   try {
-    json = nlohmann::ordered_json::parse(buffer.str());
-  } catch (const nlohmann::json::parse_error& e) {
-    // e.what() carries nlohmann's error id and the byte position.
-    throw Error(ErrorKind::config_not_json, path + ": not valid JSON: " + e.what());
+    return detail::parse_json_text(text);
+  } catch (const Error& e) {
+    throw Error(e.kind(), path + ": " + e.what());
   }
-  return json;
 }
 
 /// Reads, parses and checks a config file. Error kinds map to the original's

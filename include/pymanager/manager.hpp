@@ -392,7 +392,7 @@ class Manager {
   }
 
   Clock::duration shutdown_bound() const {
-    return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(config_.graceful_time)) +
+    return seconds_to_duration(config_.graceful_time) +
            std::chrono::seconds(10);
   }
 
@@ -546,7 +546,7 @@ class Manager {
     p.exit_expected = true;
     send_term_locked(i, grace);
     wake();
-    auto bound = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(grace)) + std::chrono::seconds(10);
+    auto bound = seconds_to_duration(grace) + std::chrono::seconds(10);
     if (!changed_.wait_for(lock, bound, [&] { return !p.group_alive || keeper_gone_; })) {
       throw Error(ErrorKind::system, "process " + quote(p.spec.name) + " (pid " + std::to_string(p.pid) +
                                          ") did not stop, even after SIGKILL");
@@ -558,8 +558,7 @@ class Manager {
     if (!p.group_alive || p.term_sent) return;
     p.exit_expected = true;
     p.term_sent = true;
-    p.kill_at = Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                   std::chrono::duration<double>(grace.value_or(config_.graceful_time)));
+    p.kill_at = Clock::now() + seconds_to_duration(grace.value_or(config_.graceful_time));
     if (options_.verbose) log("SIGTERM to " + quote(p.spec.name) + " (process group " + std::to_string(p.pid) + ")");
     keeper_.send_signal(static_cast<std::uint32_t>(i), SIGTERM);
     wake();  // the event thread must see the new SIGKILL deadline

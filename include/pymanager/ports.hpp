@@ -448,6 +448,7 @@ void expand_ports_at(Json& value, PortAllocator& ports, const std::string& path)
 /// malformed placeholder, or system when no port is free.
 template <class Json>
 void expand_ports(Json& config, PortAllocator& ports) {
+  detail::check_nesting(config);  // the walk below is recursive
   detail::expand_ports_at(config, ports, "");
 }
 

@@ -16,12 +16,21 @@
 
 #include <nlohmann/json.hpp>
 
+#include "pymanager/detail/json_check.hpp"
 #include "pymanager/error.hpp"
 
 namespace pymanager {
 inline namespace v1 {
 
 using Clock = std::chrono::steady_clock;
+
+/// Seconds as a Clock duration, clamped to [0, a week] (NaN counts as 0), so
+/// that `now + seconds_to_duration(x)` never overflows.
+inline Clock::duration seconds_to_duration(double seconds) {
+  if (!(seconds > 0)) return Clock::duration::zero();
+  if (seconds > detail::kMaxSeconds) seconds = detail::kMaxSeconds;
+  return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+}
 
 /// How a process ended: an exit code, or the signal that killed it.
 struct ExitStatus {
@@ -131,8 +140,8 @@ class VerifierRegistry {
 template <class Attempt>
 VerifyResult retry_until(VerifyContext& context, double timeout, double interval, Attempt attempt) {
   const auto start = Clock::now();
-  const auto deadline = start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout));
-  const auto max_pause = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(interval));
+  const auto deadline = start + seconds_to_duration(timeout);
+  const auto max_pause = seconds_to_duration(interval);
   auto pause = std::min<Clock::duration>(std::chrono::milliseconds(5), max_pause);
   VerifyResult last = VerifyResult::failure("no attempt made");
   for (int attempt_number = 1;; ++attempt_number) {

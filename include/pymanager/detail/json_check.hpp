@@ -75,6 +75,68 @@ inline std::string join_path(const std::string& path, const std::string& key) {
   throw Error(ErrorKind::config_invalid, path + ": " + problem);
 }
 
+/// The longest time a config may give (graceful times, verifier timeouts
+/// and intervals): one week. Larger values are refused by the parser, so
+/// that no deadline arithmetic can overflow; code that takes seconds
+/// directly clamps to it (seconds_to_duration).
+constexpr double kMaxSeconds = 7 * 24 * 3600.0;
+
+/// The deepest nesting of objects and arrays a config may have (a real one
+/// needs about six levels); deeper input is refused before any recursive
+/// walk could exhaust the stack.
+constexpr std::size_t kMaxJsonDepth = 64;
+
+/// Throws config_invalid, naming the path, when `root` nests objects and
+/// arrays deeper than kMaxJsonDepth. Iterative: any depth is safe to check.
+template <class Json>
+void check_nesting(const Json& root) {
+  struct Frame {
+    const Json* node;
+    typename Json::const_iterator next;
+    typename Json::const_iterator current;
+    std::size_t index;
+  };
+  std::vector<Frame> stack;
+  auto path = [&] {
+    std::string out;
+    for (std::size_t k = 0; k < stack.size() && k < 16; ++k) {
+      const Frame& f = stack[k];
+      out += f.node->is_object() ? (out.empty() ? "" : ".") + f.current.key() : "[" + std::to_string(f.index - 1) + "]";
+    }
+    return stack.size() > 16 ? out + "..." : out;
+  };
+  auto push = [&](const Json& node) {
+    if (!node.is_structured() || node.empty()) return;
+    if (stack.size() >= kMaxJsonDepth) {
+      throw_config_error(path(), "nested deeper than " + std::to_string(kMaxJsonDepth) + " levels of objects and arrays");
+    }
+    stack.push_back(Frame{&node, node.cbegin(), node.cbegin(), 0});
+  };
+  push(root);
+  while (!stack.empty()) {
+    Frame& frame = stack.back();
+    if (frame.next == frame.node->cend()) {
+      stack.pop_back();
+      continue;
+    }
+    frame.current = frame.next++;
+    ++frame.index;
+    push(*frame.current);  // may reallocate the stack: `frame` is not used after this
+  }
+}
+
+/// Throws config_invalid naming `path` when `text` holds a NUL byte: no name,
+/// path, argument or environment value that reaches the kernel can.
+inline void check_no_nul(const std::string& text, const std::string& path) {
+  if (text.find('\0') != std::string::npos) {
+    // The path may hold the NUL itself (a key): shown escaped, as JSON writes it.
+    std::string shown;
+    for (char c : path) shown += c == '\0' ? std::string("\\u0000") : std::string(1, c);
+    throw_config_error(shown.empty() ? "(top level)" : shown,
+                       "contains a NUL byte (\\u0000), which no name, path, argument or environment value can hold");
+  }
+}
+
 /// Reads the members of one JSON object by name and type; `finish()` rejects
 /// every member that was not read, with a suggestion for a near miss.
 /// Works with nlohmann::json and nlohmann::ordered_json.
@@ -128,6 +190,7 @@ class ObjectReader {
     const Json* m = member(key);
     if (m == nullptr) return std::nullopt;
     if (!m->is_string()) expected(key, "a string", *m);
+    check_no_nul(m->template get_ref<const std::string&>(), path_of(key));
     return m->template get<std::string>();
   }
 
@@ -148,6 +211,16 @@ class ObjectReader {
       }
     }
     throw_config_error(path_of(key), problem);
+  }
+
+  /// A duration in seconds: a number from 0 to kMaxSeconds (a week).
+  std::optional<double> seconds(const std::string& key) {
+    std::optional<double> value = number_at(member(key), key, 0.0);
+    if (value && *value > kMaxSeconds) {
+      throw_config_error(path_of(key), "must be at most " + std::to_string(static_cast<long long>(kMaxSeconds)) +
+                                           " seconds (a week), got " + object_.find(key)->dump());
+    }
+    return value;
   }
 
   /// A finite number, at least `minimum`.
@@ -180,6 +253,8 @@ class ObjectReader {
       if (!it->is_string()) {
         throw_config_error(join_path(path_of(key), it.key()), "expected a string, got " + describe_json_type(*it));
       }
+      check_no_nul(it.key(), join_path(path_of(key), it.key()));
+      check_no_nul(it->template get_ref<const std::string&>(), join_path(path_of(key), it.key()));
       out.emplace_back(it.key(), it->template get<std::string>());
     }
     return out;
@@ -196,6 +271,7 @@ class ObjectReader {
         throw_config_error(path_of(key) + "[" + std::to_string(i) + "]",
                            "expected a string, got " + describe_json_type(item));
       }
+      check_no_nul(item.template get_ref<const std::string&>(), path_of(key) + "[" + std::to_string(i) + "]");
       out.push_back(item.template get<std::string>());
     }
     return out;

@@ -22,14 +22,14 @@ class ExitedVerifier : public Verifier {
 
   static std::shared_ptr<const Verifier> from_arguments(const nlohmann::json& arguments, const std::string& path) {
     detail::ObjectReader<nlohmann::json> reader(arguments, path);
-    double timeout = reader.number("timeout", 0.0).value_or(30.0);
+    double timeout = reader.seconds("timeout").value_or(30.0);
     auto code = reader.integer("expect_code", -255, 255).value_or(0);
     reader.finish();
     return std::make_shared<ExitedVerifier>(timeout, static_cast<int>(code));
   }
 
   VerifyResult verify(VerifyContext& context) const override {
-    auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_));
+    auto deadline = Clock::now() + seconds_to_duration(timeout_);
     context.log(MessageCategory::verifier_verbose,
                 "waiting up to " + format_seconds(timeout_) + " for exit code " + std::to_string(expect_code_));
     auto status = context.wait_exit(deadline);

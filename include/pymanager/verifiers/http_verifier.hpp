@@ -106,8 +106,8 @@ class HttpOkVerifier : public Verifier {
   static std::shared_ptr<const Verifier> from_arguments(const nlohmann::json& arguments, const std::string& path) {
     detail::ObjectReader<nlohmann::json> reader(arguments, path);
     std::string url = reader.required_string("url");
-    double timeout = reader.number("timeout", 0.0).value_or(30.0);
-    double interval = reader.number("interval", 0.0).value_or(1.0);
+    double timeout = reader.seconds("timeout").value_or(30.0);
+    double interval = reader.seconds("interval").value_or(1.0);
     auto headers = reader.string_map("headers").value_or(std::vector<std::pair<std::string, std::string>>{});
     reader.finish();
     if (!detail::parse_http_url(url)) {
@@ -119,7 +119,7 @@ class HttpOkVerifier : public Verifier {
   VerifyResult verify(VerifyContext& context) const override {
     context.log(MessageCategory::verifier_verbose, "polling " + url_);
     const auto deadline =
-        Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_));
+        Clock::now() + seconds_to_duration(timeout_);
     return retry_until(context, timeout_, interval_, [&] { return attempt(context, deadline); });
   }
 
