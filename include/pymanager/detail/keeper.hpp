@@ -17,8 +17,9 @@
 // before the fork (no malloc, no stdio, no locks, no exceptions).
 //
 // Protocol: an AF_UNIX SOCK_SEQPACKET socket pair (one message per packet).
-// Manager -> keeper: spawn (argv, envp, working directory, and the output
-// pipe's write end passed with SCM_RIGHTS), signal a group, goodbye.
+// Manager -> keeper: spawn (argv, envp, working directory, each string
+// length-prefixed, and the output pipe's write end passed with SCM_RIGHTS),
+// signal a group, goodbye.
 // Keeper -> manager: spawned (pid), spawn failed (errno, stage), exited (wait
 // status of the group leader), group empty (no process left in the group).
 #ifndef PYMANAGER_DETAIL_KEEPER_HPP
@@ -269,7 +270,58 @@ inline void keeper_reap(KeeperMemory& m, int sock) noexcept {
   ::_exit(127);  // not reached
 }
 
-/// Handles one spawn request: payload is `path\0cwd\0argc\0argv...\0envc\0envp...\0`.
+/// A decoded spawn request: pointers into the request's own buffer.
+struct SpawnRequest {
+  char* path = nullptr;
+  char* cwd = nullptr;
+  char** argv = nullptr;  ///< argc entries, then nullptr
+  char** envp = nullptr;  ///< envc entries, then nullptr
+};
+
+/// Decodes a spawn payload in place. It is length-prefixed, so that no
+/// content can shift a field: `u32 argc, u32 envc`, then path, working
+/// directory, argv[0..argc) and envp[0..envc), each as `u32 length, the
+/// bytes, NUL`. Returns 0, or EINVAL (malformed: a length past the end, a
+/// NUL inside a string, bytes left over) or E2BIG (more than `max_strings`
+/// pointers needed). Async-signal-safe.
+inline int keeper_decode_spawn(char* payload, std::size_t size, char** strings, std::size_t max_strings,
+                               SpawnRequest& out) noexcept {
+  char* p = payload;
+  char* const end = payload + size;
+  auto read_u32 = [&](std::uint32_t& value) {
+    if (static_cast<std::size_t>(end - p) < sizeof value) return false;
+    std::memcpy(&value, p, sizeof value);
+    p += sizeof value;
+    return true;
+  };
+  auto next = [&]() -> char* {
+    std::uint32_t length;
+    if (!read_u32(length) || static_cast<std::size_t>(end - p) < static_cast<std::size_t>(length) + 1) return nullptr;
+    char* text = p;
+    if (text[length] != '\0' || std::memchr(text, '\0', length) != nullptr) return nullptr;
+    p += static_cast<std::size_t>(length) + 1;
+    return text;
+  };
+  std::uint32_t argc = 0, envc = 0;
+  if (!read_u32(argc) || !read_u32(envc)) return EINVAL;
+  if (argc == 0 || static_cast<std::size_t>(argc) + envc + 2 > max_strings) return E2BIG;
+  out.path = next();
+  out.cwd = next();
+  if (out.path == nullptr || out.cwd == nullptr) return EINVAL;
+  out.argv = strings;
+  for (std::uint32_t i = 0; i < argc; ++i) {
+    if ((out.argv[i] = next()) == nullptr) return EINVAL;
+  }
+  out.argv[argc] = nullptr;
+  out.envp = out.argv + argc + 1;
+  for (std::uint32_t i = 0; i < envc; ++i) {
+    if ((out.envp[i] = next()) == nullptr) return EINVAL;
+  }
+  out.envp[envc] = nullptr;
+  return p == end ? 0 : EINVAL;
+}
+
+/// Handles one spawn request (see keeper_decode_spawn for its payload).
 inline void keeper_spawn(KeeperMemory& m, int sock, const KeeperHeader& header, std::size_t payload_size,
                          int out_fd) noexcept {
   const std::uint32_t id = header.id;
@@ -277,40 +329,9 @@ inline void keeper_spawn(KeeperMemory& m, int sock, const KeeperHeader& header, 
     keeper_send(sock, KeeperMessage::spawn_failed, id, err, static_cast<std::int64_t>(stage));
   };
   if (id >= m.slots.size() || out_fd < 0 || m.slots[id].group_alive) return reject(EINVAL, SpawnStage::protocol);
-  char* p = m.buffer + sizeof(KeeperHeader);
-  char* end = p + payload_size;
-  if (payload_size == 0 || end[-1] != '\0') return reject(EINVAL, SpawnStage::protocol);
-  auto next = [&]() -> char* {
-    if (p >= end) return nullptr;
-    char* s = p;
-    while (*p) ++p;
-    ++p;
-    return s;
-  };
-  char* path = next();
-  char* cwd = next();
-  char* argc_text = next();
-  if (argc_text == nullptr) return reject(EINVAL, SpawnStage::protocol);
-  const char* q = argc_text;
-  std::size_t argc = static_cast<std::size_t>(keeper_parse_long(q));
-  if (argc + 2 >= kKeeperMaxStrings) return reject(E2BIG, SpawnStage::protocol);
-  char** argv = m.strings;
-  for (std::size_t i = 0; i < argc; ++i) {
-    argv[i] = next();
-    if (argv[i] == nullptr) return reject(EINVAL, SpawnStage::protocol);
-  }
-  argv[argc] = nullptr;
-  char* envc_text = next();
-  if (envc_text == nullptr) return reject(EINVAL, SpawnStage::protocol);
-  q = envc_text;
-  std::size_t envc = static_cast<std::size_t>(keeper_parse_long(q));
-  if (argc + 1 + envc + 1 > kKeeperMaxStrings) return reject(E2BIG, SpawnStage::protocol);
-  char** envp = argv + argc + 1;
-  for (std::size_t i = 0; i < envc; ++i) {
-    envp[i] = next();
-    if (envp[i] == nullptr) return reject(EINVAL, SpawnStage::protocol);
-  }
-  envp[envc] = nullptr;
+  SpawnRequest request;
+  int decode_error = keeper_decode_spawn(m.buffer + sizeof(KeeperHeader), payload_size, m.strings, kKeeperMaxStrings, request);
+  if (decode_error != 0) return reject(decode_error, SpawnStage::protocol);
 
   // Exec failures come back through this close-on-exec pipe: EOF means the
   // exec succeeded.
@@ -320,7 +341,7 @@ inline void keeper_spawn(KeeperMemory& m, int sock, const KeeperHeader& header, 
   pid_t pid = ::fork();
   if (pid == 0) {
     ::close(error_pipe[0]);
-    keeper_exec_child(path, argv, envp, cwd, out_fd, error_pipe[1], keeper_pid);
+    keeper_exec_child(request.path, request.argv, request.envp, request.cwd, out_fd, error_pipe[1], keeper_pid);
   }
   int fork_errno = errno;
   ::close(error_pipe[1]);
@@ -474,6 +495,29 @@ struct KeeperEvent {
   std::int64_t b;
 };
 
+/// The payload of a spawn request (see keeper_spawn). A string with a NUL
+/// byte cannot be sent: it would reach the kernel cut short.
+inline std::string encode_spawn_payload(const std::string& path, const std::string& cwd,
+                                        const std::vector<std::string>& argv, const std::vector<std::string>& envp) {
+  std::string payload;
+  auto add_u32 = [&](std::uint32_t value) { payload.append(reinterpret_cast<const char*>(&value), sizeof value); };
+  auto add = [&](const std::string& text) {
+    if (text.find('\0') != std::string::npos) {
+      throw Error(ErrorKind::spawn_failed, "a path, argument or environment entry contains a NUL byte");
+    }
+    add_u32(static_cast<std::uint32_t>(text.size()));  // a longer one fails the size check below
+    payload += text;
+    payload.push_back('\0');
+  };
+  add_u32(static_cast<std::uint32_t>(argv.size()));
+  add_u32(static_cast<std::uint32_t>(envp.size()));
+  add(path);
+  add(cwd);
+  for (const auto& s : argv) add(s);
+  for (const auto& s : envp) add(s);
+  return payload;
+}
+
 /// Starts the keeper and talks to it. `send_*` are thread-safe; `read_event`
 /// is for one reader thread.
 class KeeperClient {
@@ -521,18 +565,12 @@ class KeeperClient {
   /// throws when it is too large.
   bool send_spawn(std::uint32_t id, const std::string& path, const std::string& cwd,
                   const std::vector<std::string>& argv, const std::vector<std::string>& envp, int out_fd) {
-    std::string payload;
-    auto add = [&](const std::string& s) {
-      payload += s;
-      payload.push_back('\0');
-    };
-    add(path);
-    add(cwd);
-    add(std::to_string(argv.size()));
-    for (const auto& s : argv) add(s);
-    add(std::to_string(envp.size()));
-    for (const auto& s : envp) add(s);
-    if (payload.size() > kKeeperMaxMessage || argv.size() + envp.size() + 2 > kKeeperMaxStrings) {
+    if (argv.empty() || argv.size() + envp.size() + 2 > kKeeperMaxStrings) {
+      throw Error(ErrorKind::spawn_failed, "command line and environment have " + std::to_string(argv.size() + envp.size()) +
+                                               " strings (at most " + std::to_string(kKeeperMaxStrings - 2) + ")");
+    }
+    std::string payload = encode_spawn_payload(path, cwd, argv, envp);
+    if (payload.size() > kKeeperMaxMessage) {
       throw Error(ErrorKind::spawn_failed, "command line and environment too large (" + std::to_string(payload.size()) +
                                                " bytes, at most " + std::to_string(kKeeperMaxMessage) + ")");
     }
