@@ -32,7 +32,7 @@ const char kUsage[] =
     "       pymanager ctl [--url URL] [-f FILE] [--json] COMMAND [ID] [-n N]   (pymanager ctl --help)\n"
     "\n"
     "Launches the processes described in a JSON config, in order, waits until\n"
-    "each one is verified, and shuts them all down on SIGINT/SIGTERM/SIGQUIT.\n"
+    "each one is verified, and shuts them all down on SIGINT/SIGTERM/SIGQUIT/SIGHUP.\n"
     "\n"
     "options:\n"
     "  -h, --help             show this help and exit\n"
@@ -177,7 +177,7 @@ int daemonize_or_exit(const Logger& logger) {
   return status_pipe[1];
 }
 
-/// Turns SIGINT/SIGTERM/SIGQUIT into shutdown requests, on its own thread
+/// Turns SIGINT/SIGTERM/SIGQUIT/SIGHUP into shutdown requests, on its own thread
 /// (signalfd: no work is done inside a signal handler).
 class SignalWatcher {
  public:
@@ -205,7 +205,9 @@ class SignalWatcher {
         signalfd_siginfo info;
         if (::read(signal_fd_, &info, sizeof info) != static_cast<ssize_t>(sizeof info)) continue;
         int sig = static_cast<int>(info.ssi_signo);
-        if (sig == SIGINT && ++interrupts >= 2) {
+        if (sig == SIGUSR1 || sig == SIGUSR2) {
+          log(std::string("received ") + ::sigabbrev_np(sig) + ": ignored (it has no meaning to pymanager)");
+        } else if (sig == SIGINT && ++interrupts >= 2) {
           log("second SIGINT: killing every process now");
           manager.shutdown(true);
         } else {
@@ -288,6 +290,12 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGQUIT);
+  // The terminal closing (SIGHUP) is a shutdown like SIGTERM, so that the
+  // children get their SIGTERM and graceful time instead of dying with us.
+  sigaddset(&signals, SIGHUP);
+  // SIGUSR1/SIGUSR2 mean nothing to pymanager: noted in the log, no harm done.
+  sigaddset(&signals, SIGUSR1);
+  sigaddset(&signals, SIGUSR2);
   ::pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   // The token: from the config, or else from the environment.
