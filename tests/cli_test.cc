@@ -173,6 +173,65 @@ TEST_F(Cli, ExitCode5WhenAProcessCannotBeSpawned) {
   EXPECT_TRUE(wait_until([&] { return !testutil::group_alive(groups[0]); }, 2000ms));
 }
 
+// Hostile or broken config files: each gets its exit code and a message
+// naming the problem, before anything is launched; none crashes or hangs.
+struct BadInput {
+  const char* name;
+  std::string content;  ///< written to cfg.json ("" for the special files below)
+  const char* file;     ///< the -f argument
+  int exit_code;
+  const char* message;
+};
+
+class CliBadInput : public Cli, public ::testing::WithParamInterface<BadInput> {};
+
+TEST_P(CliBadInput, GetsItsExitCodeAndAMessage) {
+  const BadInput& input = GetParam();
+  if (!input.content.empty()) testutil::write_file(dir_ + "/cfg.json", input.content);
+  if (std::string(input.name) == "fifo") ASSERT_EQ(::mkfifo((dir_ + "/cfg.json").c_str(), 0600), 0);
+  auto result = run({"-f", input.file, "-v"}, 60000ms);
+  EXPECT_FALSE(result.timed_out);
+  EXPECT_EQ(result.exit_code, input.exit_code) << result.err.substr(0, 2000);
+  EXPECT_THAT(result.err.substr(0, 4000), HasSubstr(input.message));
+  if (std::string(input.name).rfind("deep", 0) == 0) EXPECT_THAT(result.err, HasSubstr("nested deeper than 64 levels"));
+  EXPECT_THAT(result.err, Not(HasSubstr("launching"))) << "something was launched";
+  EXPECT_NE(::access((dir_ + "/ran").c_str(), F_OK), 0) << "a process ran";
+}
+
+const char* kRanProcess = R"("p": {"executable": "sh", "arguments": ["-c", "touch ran"]})";
+
+std::string config_text(const std::string& top, const std::string& processes = kRanProcess) {
+  return "{" + top + (top.empty() ? "" : ", ") + R"("processes": {)" + processes + "}}";
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Each, CliBadInput,
+    ::testing::Values(
+        BadInput{"deep_top", std::string(30000, '[') + std::string(30000, ']'), "cfg.json", 5,
+                 "cfg.json: [0][0][0][0]"},
+        BadInput{"deep_arguments",
+                 config_text("", R"("p": {"executable": "sh", "arguments": )" + std::string(100000, '[') +
+                                     std::string(100000, ']') + "}"),
+                 "cfg.json", 5, "cfg.json: processes.p.arguments[0][0]"},
+        BadInput{"number_overflow", config_text(R"("graceful-time": 1e999)"), "cfg.json", 3, "number overflow"},
+        BadInput{"absurd_time", config_text(R"("graceful-time": 1e10)"), "cfg.json", 5,
+                 "cfg.json: graceful-time: must be at most 604800 seconds (a week), got 10000000000.0"},
+        BadInput{"absurd_restart_time", config_text(R"("restart-graceful-time": 1e308)"), "cfg.json", 5,
+                 "cfg.json: restart-graceful-time: must be at most 604800 seconds"},
+        BadInput{"dev_zero", "", "/dev/zero", 2, "cannot read config file /dev/zero: not a regular file"},
+        BadInput{"fifo", "", "cfg.json", 2, "cannot read config file cfg.json: not a regular file"},
+        BadInput{"nul_in_argument",
+                 config_text("", R"("p": {"executable": "sh", "arguments": ["-c", "touch ran", "one\u0000INJECTED=1"]})"),
+                 "cfg.json", 5, "cfg.json: processes.p.arguments[2]: contains a NUL byte"},
+        BadInput{"nul_in_working_directory",
+                 config_text("", R"("p": {"executable": "sh", "arguments": ["-c", "touch ran"],
+                                          "options": {"working_directory": ".\u0000/x"}})"),
+                 "cfg.json", 5, "cfg.json: processes.p.options.working_directory: contains a NUL byte"},
+        BadInput{"duplicate_process",
+                 config_text("", std::string(kRanProcess) + ", " + kRanProcess), "cfg.json", 5,
+                 "cfg.json: processes.p: duplicate key"}),
+    [](const auto& info) { return std::string(info.param.name); });
+
 TEST_F(Cli, ExitCode5WhenAVerifierFailsAndEverythingLaunchedIsStopped) {
   int port = testutil::free_port();
   write_config(sleeper("db") + R"(, "web": {"executable": "sh",
@@ -311,8 +370,24 @@ TEST_P(CliSignal, BeginsTheGracefulShutdownAndExitsZero) {
   expect_all_gone("pids.txt");
 }
 
-INSTANTIATE_TEST_SUITE_P(EachSignal, CliSignal, ::testing::Values(SIGINT, SIGTERM, SIGQUIT),
+INSTANTIATE_TEST_SUITE_P(EachSignal, CliSignal, ::testing::Values(SIGINT, SIGTERM, SIGQUIT, SIGHUP),
                          [](const auto& info) { return std::string(::sigabbrev_np(info.param)); });
+
+TEST_F(Cli, Sigusr1AndSigusr2AreIgnored) {
+  write_config(sleeper("one"), R"("keep-alive": true)");
+  auto child = start({"-f", "cfg.json"});
+  ASSERT_TRUE(child->wait_for_output("one | one up")) << child->err();
+  child->signal(SIGUSR1);
+  child->signal(SIGUSR2);
+  ASSERT_TRUE(child->wait_for_output("received USR2: ignored")) << child->err();
+  EXPECT_THAT(child->err(), HasSubstr("received USR1: ignored"));
+  EXPECT_TRUE(testutil::pid_alive(child->pid()));
+  EXPECT_TRUE(testutil::pid_alive(pids_in("pids.txt").at(0)));
+  child->signal(SIGTERM);
+  auto result = child->wait(10000ms);
+  EXPECT_EQ(result.exit_code, 0) << result.err;
+  expect_all_gone("pids.txt");
+}
 
 TEST_F(Cli, AProcessIgnoringSigtermIsKilledAfterTheGracefulTimeAndTheWaitNamesIt) {
   write_config(R"("stubborn": {"executable": "sh",
@@ -608,7 +683,11 @@ TEST_F(Ctl, AStaleStateFileIsReportedAsSuch) {
 
 TEST_F(Ctl, TheTokenComesFromWhereTheManagerTookIt) {
   // From the environment: the manager and ctl both have PYMANAGER_TOKEN.
-  auto manager = start_manager(sleeper("db"), R"({"enabled": true, "port": 0})", {"PYMANAGER_TOKEN=from-env"});
+  // The children do not inherit it: the token is for whoever drives pymanager.
+  auto manager = start_manager(sleeper("db") + R"(, "nosy": {"executable": "sh", "arguments": ["-c",
+      "echo \"token=[$PYMANAGER_TOKEN]\"; exec sleep 1000"]})", R"({"enabled": true, "port": 0})", {"PYMANAGER_TOKEN=from-env"});
+  ASSERT_TRUE(manager->wait_for_output("nosy | token=[")) << manager->out();
+  EXPECT_THAT(manager->out(), HasSubstr("nosy | token=[]\n"));
   EXPECT_THAT(testutil::read_file(dir_ + "/cfg.json.pymanager-state"), HasSubstr("\"token\": \"environment\""));
   auto without = ctl({"-f", "cfg.json", "status"});
   EXPECT_EQ(without.exit_code, 2);

@@ -292,7 +292,13 @@ TEST_F(Api, TokenIsRequiredWhenSetAndA401ChangesNothing) {
   expect_error(call("DELETE", "/", {{"Authorization", "Bearer wrong"}}), 401, "token");
   expect_error(call("DELETE", "/", {{"Authorization", "s3cret"}}), 401, "token");
   EXPECT_FALSE(manager_->shutdown_begun()) << "a request without the token shut the manager down";
+  expect_error(call("DELETE", "/", {{"Authorization", "Bearer s3cret2"}}), 401, "token");
+  expect_error(call("DELETE", "/", {{"Authorization", "Bearers3cret"}}), 401, "token");
   EXPECT_EQ(call("GET", "/status", {{"Authorization", "Bearer s3cret"}}).first, 200);
+  // The scheme is case-insensitive (RFC 7235); the token is not.
+  EXPECT_EQ(call("GET", "/status", {{"Authorization", "bearer s3cret"}}).first, 200);
+  EXPECT_EQ(call("GET", "/status", {{"Authorization", "BEARER  s3cret"}}).first, 200);
+  expect_error(call("GET", "/status", {{"Authorization", "Bearer S3CRET"}}), 401, "token");
   EXPECT_EQ(call("DELETE", "/", {{"Authorization", "Bearer s3cret"}}).first, 200);
   EXPECT_TRUE(manager_->wait_finished(10s));
 }

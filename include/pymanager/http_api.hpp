@@ -19,6 +19,7 @@
 
 #include <sys/socket.h>
 
+#include <cctype>
 #include <cerrno>
 #include <functional>
 #include <memory>
@@ -193,10 +194,20 @@ class HttpApi {
                 "invalid process id '" + id + "': not a number, and no process has that name");
   }
 
+  /// `Authorization: Bearer <token>`; the scheme is case-insensitive (RFC 7235).
+  static bool authorized(const std::string& header, const std::string& token) {
+    const std::string scheme = "bearer";
+    if (header.size() <= scheme.size() || header[scheme.size()] != ' ') return false;
+    for (std::size_t i = 0; i < scheme.size(); ++i) {
+      if (std::tolower(static_cast<unsigned char>(header[i])) != scheme[i]) return false;
+    }
+    std::size_t start = header.find_first_not_of(' ', scheme.size());
+    return start != std::string::npos && same_secret(header.substr(start), token);
+  }
+
   void handle(const httplib::Request& req, httplib::Response& res) {
     if (options_.token) {
-      std::string expected = "Bearer " + *options_.token;
-      if (!same_secret(req.get_header_value("Authorization"), expected)) {
+      if (!authorized(req.get_header_value("Authorization"), *options_.token)) {
         res.set_header("WWW-Authenticate", "Bearer");
         return set_error(res, 401, "missing or wrong token: send Authorization: Bearer <token>");
       }

@@ -8,6 +8,7 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <optional>
 #include <string>
 #include <vector>
@@ -117,7 +118,11 @@ inline LaunchPlan make_launch_plan(const ProcessSpec& spec, const Config& config
                                    const std::vector<std::string>& extra_env = {}) {
   const std::string base = config.base_directory.empty() ? detail::current_directory() : config.base_directory;
   LaunchPlan plan;
-  for (char** e = environ; e != nullptr && *e != nullptr; ++e) plan.envp.emplace_back(*e);
+  for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
+    // The API's token is for whoever drives pymanager, not for every child.
+    if (std::strncmp(*e, "PYMANAGER_TOKEN=", 16) == 0) continue;
+    plan.envp.emplace_back(*e);
+  }
   for (const auto& entry : extra_env) {
     auto eq = entry.find('=');
     std::string prefix = entry.substr(0, eq + 1);
