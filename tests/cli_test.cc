@@ -681,6 +681,63 @@ TEST_F(Ctl, AStaleStateFileIsReportedAsSuch) {
   EXPECT_THAT(result.err, HasSubstr("stale state file cfg.json.pymanager-state: pid " + std::to_string(dead) + " is not running"));
 }
 
+// Another user who can write the config's folder must not be able to point
+// ctl, and its token, at an address of theirs.
+TEST_F(Ctl, AStateFileItCannotTrustIsRefusedAndGetsNoToken) {
+  write_config(sleeper("db"));
+  testutil::Listener attacker;
+  const std::string state = dir_ + "/cfg.json.pymanager-state";
+  const std::string planted = R"({"pid": 1, "url": "http://127.0.0.1:)" + std::to_string(attacker.port()) +
+                              R"(", "token": "environment"})";
+  auto refused = [&](const std::string& why) {
+    auto result = ctl({"-f", "cfg.json", "status"}, {"PYMANAGER_TOKEN=secret"});
+    EXPECT_EQ(result.exit_code, 3) << result.err;
+    EXPECT_THAT(result.err, HasSubstr(why));
+    EXPECT_FALSE(attacker.was_connected()) << "ctl connected to the address in an untrusted state file";
+  };
+  // pid 1 is always alive, but it does not listen there.
+  testutil::write_file(state, planted);
+  ::chmod(state.c_str(), 0644);
+  refused("pid 1 does not listen on http://127.0.0.1:" + std::to_string(attacker.port()) + ": not trusted");
+  // Writable by others.
+  ::chmod(state.c_str(), 0666);
+  refused("is writable by others (mode 0666): not trusted");
+  // A symbolic link.
+  ::unlink(state.c_str());
+  testutil::write_file(dir_ + "/elsewhere", planted);
+  ASSERT_EQ(::symlink((dir_ + "/elsewhere").c_str(), state.c_str()), 0);
+  refused("is a symbolic link: not trusted");
+  ::unlink(state.c_str());
+  // Not a loopback address (0.0.0.0 would still reach this machine).
+  testutil::write_file(state, R"({"pid": 1, "url": "http://0.0.0.0:)" + std::to_string(attacker.port()) + R"("})");
+  ::chmod(state.c_str(), 0644);
+  refused("which is not a loopback address: not trusted");
+  // Another user's file: root can make one, where uid 65534 exists (not in
+  // every sandbox's user namespace).
+  testutil::write_file(state, planted);
+  if (::chown(state.c_str(), 65534, 65534) == 0) {
+    refused("belongs to uid 65534, not to you: not trusted");
+  } else {
+    std::cerr << "note: cannot chown to uid 65534 here (" << std::strerror(errno) << "): the owner check is not run\n";
+  }
+}
+
+TEST_F(Ctl, AnAnswerOfAnUnexpectedShapeIsReportedNotACrash) {
+  // Something that answers JSON on `GET /`, but not pymanager's.
+  int port = testutil::free_port();
+  testutil::Child service({http_service_, "--port", std::to_string(port)}, dir_);
+  ASSERT_TRUE(service.wait_for_output("listening on")) << service.err();
+  const std::string url = "http://127.0.0.1:" + std::to_string(port);
+  for (const char* command : {"list", "status"}) {
+    SCOPED_TRACE(command);
+    auto result = ctl({"--url", url, command});
+    EXPECT_EQ(result.exit_code, 1) << result.err;
+    EXPECT_THAT(result.err, HasSubstr("unexpected answer from " + url + " (HTTP "));
+  }
+  auto result = ctl({"--url", url, "output", "x"});
+  EXPECT_EQ(result.exit_code, 1) << result.err;
+}
+
 TEST_F(Ctl, TheTokenComesFromWhereTheManagerTookIt) {
   // From the environment: the manager and ctl both have PYMANAGER_TOKEN.
   // The children do not inherit it: the token is for whoever drives pymanager.

@@ -128,6 +128,11 @@ class Listener {
   Listener& operator=(const Listener&) = delete;
   ~Listener() { ::close(fd_); }
   int port() const { return port_; }
+  /// True when a connection is waiting in its backlog (someone connected).
+  bool was_connected() const {
+    struct pollfd p = {fd_, POLLIN, 0};
+    return ::poll(&p, 1, 0) == 1;
+  }
 
  private:
   int fd_ = -1;

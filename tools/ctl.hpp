@@ -8,12 +8,16 @@
 #ifndef PYMANAGER_TOOLS_CTL_HPP
 #define PYMANAGER_TOOLS_CTL_HPP
 
+#include <dirent.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <iomanip>
 #include <iostream>
 #include <optional>
@@ -45,18 +49,21 @@ class StateFile {
                             {"token", token_source ? nlohmann::json(token_source) : nlohmann::json(nullptr)},
                             {"config", absolute_path(config_path)},
                             {"version", pymanager::version()}};
-    std::string tmp = path_ + "." + std::to_string(pid_) + ".tmp";
-    FILE* out = std::fopen(tmp.c_str(), "we");
-    if (out == nullptr) {
+    // A fresh temporary file (O_EXCL: never an existing file or a link that
+    // another user planted in the folder), then an atomic rename, which
+    // replaces a link at path_ rather than writing through it.
+    std::string tmp = path_ + ".XXXXXX";
+    int fd = ::mkostemp(&tmp[0], O_CLOEXEC);
+    if (fd < 0) {
       error_ = pymanager::errno_message("cannot write state file " + path_, errno);
       return;
     }
     std::string text = state.dump(2) + "\n";
-    bool ok = std::fwrite(text.data(), 1, text.size(), out) == text.size();
-    ok = std::fclose(out) == 0 && ok;
+    bool ok = ::fchmod(fd, 0644) == 0 && pymanager::detail::write_all(fd, text);
+    ok = ::close(fd) == 0 && ok;
     if (!ok || std::rename(tmp.c_str(), path_.c_str()) != 0) {
       error_ = pymanager::errno_message("cannot write state file " + path_, errno);
-      std::remove(tmp.c_str());
+      ::unlink(tmp.c_str());
       return;
     }
     written_ = true;
@@ -122,38 +129,148 @@ class CtlFailure : public std::runtime_error {
 
 inline bool process_alive(int pid) { return pid > 0 && (::kill(pid, 0) == 0 || errno == EPERM); }
 
+/// Reads a state file only if it can be trusted: a regular file (not a
+/// link), owned by the user running ctl (or root), writable by nobody else,
+/// at most 64 KiB of JSON. Another user who can write the config's folder
+/// could otherwise point ctl, and the token, at an address of theirs.
+inline nlohmann::json read_trusted_state(const std::string& path, const std::string& config_path) {
+  pymanager::detail::UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY));
+  if (!fd) {
+    if (errno == ENOENT) {
+      throw CtlFailure(kCtlUnreachable, "no running pymanager found for " + config_path + " (no state file " + path +
+                                            "); start one, or pass --url");
+    }
+    if (errno == ELOOP) throw CtlFailure(kCtlUnreachable, "state file " + path + " is a symbolic link: not trusted");
+    throw CtlFailure(kCtlUnreachable, pymanager::errno_message("cannot read state file " + path, errno));
+  }
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) {
+    throw CtlFailure(kCtlUnreachable, "state file " + path + " is not a regular file: not trusted");
+  }
+  if (st.st_uid != ::geteuid() && st.st_uid != 0) {
+    throw CtlFailure(kCtlUnreachable, "state file " + path + " belongs to uid " + std::to_string(st.st_uid) +
+                                          ", not to you: not trusted (pass --url to talk to that manager)");
+  }
+  if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+    char mode[8];
+    std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
+    throw CtlFailure(kCtlUnreachable, "state file " + path + " is writable by others (mode " + mode + "): not trusted");
+  }
+  std::string text(64 * 1024 + 1, '\0');
+  ssize_t n = pymanager::detail::retry_eintr([&] { return ::read(fd.get(), &text[0], text.size()); });
+  if (n < 0) throw CtlFailure(kCtlUnreachable, pymanager::errno_message("cannot read state file " + path, errno));
+  if (static_cast<std::size_t>(n) == text.size()) throw CtlFailure(kCtlUnreachable, "state file " + path + " is too large");
+  text.resize(static_cast<std::size_t>(n));
+  nlohmann::json state = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (!state.is_object()) throw CtlFailure(kCtlUnreachable, "state file " + path + " is not a JSON object");
+  return state;
+}
+
+/// The host and port of an http:// URL (`http://127.0.0.1:5001`,
+/// `http://[::1]:5001/`); nullopt for anything else.
+inline std::optional<std::pair<std::string, int>> http_host_port(const std::string& url) {
+  const std::string scheme = "http://";
+  if (url.compare(0, scheme.size(), scheme) != 0) return std::nullopt;
+  std::string rest = url.substr(scheme.size());
+  rest = rest.substr(0, rest.find('/'));
+  std::string host;
+  std::string port;
+  if (!rest.empty() && rest[0] == '[') {
+    auto close = rest.find(']');
+    if (close == std::string::npos || close + 1 >= rest.size() || rest[close + 1] != ':') return std::nullopt;
+    host = rest.substr(1, close - 1);
+    port = rest.substr(close + 2);
+  } else {
+    auto colon = rest.rfind(':');
+    if (colon == std::string::npos) return std::nullopt;
+    host = rest.substr(0, colon);
+    port = rest.substr(colon + 1);
+  }
+  if (host.empty() || port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos) {
+    return std::nullopt;
+  }
+  int number = std::stoi(port);
+  if (number < 1 || number > 65535) return std::nullopt;
+  return std::make_pair(host, number);
+}
+
+/// The inodes of the TCP sockets that listen on `port` (IPv4 and IPv6),
+/// from /proc/net/tcp{,6}.
+inline std::vector<std::string> listening_socket_inodes(int port) {
+  std::vector<std::string> inodes;
+  char wanted[8];
+  std::snprintf(wanted, sizeof wanted, "%04X", static_cast<unsigned>(port));
+  for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
+    std::ifstream in(table);
+    std::string line;
+    std::getline(in, line);  // the header
+    while (std::getline(in, line)) {
+      std::istringstream fields(line);
+      std::string slot, local, remote, state, queues, timer, retransmits, uid, timeout, inode;
+      if (!(fields >> slot >> local >> remote >> state >> queues >> timer >> retransmits >> uid >> timeout >> inode)) continue;
+      auto colon = local.rfind(':');
+      if (state == "0A" && colon != std::string::npos && local.substr(colon + 1) == wanted) inodes.push_back(inode);
+    }
+  }
+  return inodes;
+}
+
+/// True when process `pid` holds one of `inodes` (its /proc/PID/fd links
+/// read `socket:[INODE]`). False when its descriptors cannot be read.
+inline bool process_holds_socket(int pid, const std::vector<std::string>& inodes) {
+  std::string dir = "/proc/" + std::to_string(pid) + "/fd";
+  DIR* fds = ::opendir(dir.c_str());
+  if (fds == nullptr) return false;
+  bool found = false;
+  while (struct dirent* entry = ::readdir(fds)) {
+    char target[128];
+    ssize_t n = ::readlink((dir + "/" + entry->d_name).c_str(), target, sizeof target - 1);
+    if (n <= 0) continue;
+    std::string link(target, static_cast<std::size_t>(n));
+    for (const auto& inode : inodes) {
+      if (link == "socket:[" + inode + "]") found = true;
+    }
+  }
+  ::closedir(fds);
+  return found;
+}
+
 inline CtlTarget find_manager(const std::string& config_path, const std::optional<std::string>& url) {
   const char* env_token = std::getenv("PYMANAGER_TOKEN");
+  // An address the user typed is theirs to choose.
   if (url) return CtlTarget{*url, env_token && *env_token ? std::optional<std::string>(env_token) : std::nullopt};
   std::string path = state_file_for(config_path);
-  std::ifstream in(path);
-  if (!in) {
-    throw CtlFailure(kCtlUnreachable, "no running pymanager found for " + config_path + " (no state file " + path +
-                                          "); start one, or pass --url");
-  }
-  nlohmann::json state;
-  try {
-    state = nlohmann::json::parse(in);
-  } catch (const std::exception& e) {
-    throw CtlFailure(kCtlUnreachable, "state file " + path + " is not valid JSON: " + e.what());
-  }
-  int pid = state.value("pid", 0);
+  nlohmann::json state = read_trusted_state(path, config_path);
+  const nlohmann::json pid_value = state.value("pid", nlohmann::json());
+  int pid = pid_value.is_number_integer() ? pid_value.get<int>() : 0;
   if (!process_alive(pid)) {
     throw CtlFailure(kCtlUnreachable, "stale state file " + path + ": pid " + std::to_string(pid) +
                                           " is not running (pymanager was killed?); remove the file, or start pymanager");
   }
-  if (!state.contains("url") || !state["url"].is_string()) {
+  const nlohmann::json url_value = state.value("url", nlohmann::json());
+  if (!url_value.is_string()) {
     throw CtlFailure(kCtlUnreachable, "pymanager (pid " + std::to_string(pid) + ") runs without its HTTP API: set "
                                       "\"http\": {\"enabled\": true} in " + config_path);
   }
-  CtlTarget target{state["url"].get<std::string>(), std::nullopt};
-  std::string source = state.value("token", nlohmann::json(nullptr)).is_string() ? state["token"].get<std::string>() : "";
+  CtlTarget target{url_value.get<std::string>(), std::nullopt};
+  // The token goes only to a loopback address on which that very pid listens.
+  auto host_port = http_host_port(target.url);
+  if (!host_port || !pymanager::is_loopback_host(host_port->first)) {
+    throw CtlFailure(kCtlUnreachable, "state file " + path + " names " + target.url +
+                                          ", which is not a loopback address: not trusted (pass --url)");
+  }
+  if (!process_holds_socket(pid, listening_socket_inodes(host_port->second))) {
+    throw CtlFailure(kCtlUnreachable, "state file " + path + ": pid " + std::to_string(pid) + " does not listen on " +
+                                          target.url + ": not trusted (a stale file whose pid was reused?)");
+  }
+  const nlohmann::json source_value = state.value("token", nlohmann::json());
+  std::string source = source_value.is_string() ? source_value.get<std::string>() : "";
   if (source == "config") {
-    std::string config_file = state.value("config", config_path);
-    auto json = pymanager::read_config_json(config_file);
-    if (json.contains("http") && json["http"].contains("token") && json["http"]["token"].is_string()) {
-      target.token = json["http"]["token"].get<std::string>();
-    }
+    const nlohmann::json config_value = state.value("config", nlohmann::json(config_path));
+    auto json = pymanager::read_config_json(config_value.is_string() ? config_value.get<std::string>() : config_path);
+    auto token = json.contains("http") && json["http"].is_object() ? json["http"].value("token", nlohmann::ordered_json())
+                                                                   : nlohmann::ordered_json();
+    if (token.is_string()) target.token = token.get<std::string>();
   } else if (source == "environment") {
     if (env_token == nullptr || *env_token == '\0') {
       throw CtlFailure(kCtlUsage, "pymanager (pid " + std::to_string(pid) +
@@ -164,23 +281,48 @@ inline CtlTarget find_manager(const std::string& config_path, const std::optiona
   return target;
 }
 
+/// The answer did not have the shape the API gives: said, never aborted on.
+inline CtlFailure unexpected_answer(const std::string& url, int status, const std::string& body) {
+  return CtlFailure(kCtlServerError, "unexpected answer from " + url + " (HTTP " + std::to_string(status) + "): " +
+                                         body.substr(0, 500) + (body.size() > 500 ? "..." : ""));
+}
+
+/// A member as text: a string as it is, a number as digits, else "".
+inline std::string text_of(const nlohmann::json& object, const char* key) {
+  if (!object.is_object() || !object.contains(key)) return "";
+  const nlohmann::json& value = object[key];
+  if (value.is_string()) return value.get<std::string>();
+  if (value.is_number_integer()) return std::to_string(value.get<long long>());
+  return "";
+}
+
 inline std::string describe_process(const nlohmann::json& p) {
-  std::string state = p.value("status", "?");
+  std::string state = text_of(p, "status");
   std::string detail;
-  if (p.contains("pid")) detail = "pid " + std::to_string(p["pid"].get<int>());
-  if (p.contains("code")) detail = p["code"].is_null() ? "never ran" : "code " + std::to_string(p["code"].get<int>());
+  if (p.contains("pid")) detail = "pid " + text_of(p, "pid");
+  if (p.contains("code")) detail = p["code"].is_null() ? "never ran" : "code " + text_of(p, "code");
   std::ostringstream line;
-  line << std::left << std::setw(4) << p.value("id", 0) << std::setw(16) << p.value("name", "") << std::setw(12) << state
-       << std::setw(14) << detail << p.value("command", "");
+  line << std::left << std::setw(4) << text_of(p, "id") << std::setw(16) << text_of(p, "name") << std::setw(12)
+       << (state.empty() ? "?" : state) << std::setw(14) << detail << text_of(p, "command");
   return line.str();
 }
 
+/// `processes`: an array of process objects (checked by the caller).
 inline std::string process_table(const nlohmann::json& processes) {
   std::ostringstream out;
   out << std::left << std::setw(4) << "ID" << std::setw(16) << "NAME" << std::setw(12) << "STATUS" << std::setw(14)
       << "PID/CODE" << "COMMAND\n";
   for (const auto& p : processes) out << describe_process(p) << "\n";
   return out.str();
+}
+
+/// True when `value` is an array of objects.
+inline bool is_process_list(const nlohmann::json& value) {
+  if (!value.is_array()) return false;
+  for (const auto& p : value) {
+    if (!p.is_object()) return false;
+  }
+  return true;
 }
 
 inline int run_ctl(const std::vector<std::string>& args) {
@@ -248,33 +390,36 @@ inline int run_ctl(const std::vector<std::string>& args) {
       throw CtlFailure(kCtlUnreachable, "cannot reach pymanager at " + target.url + ": " +
                                             pymanager::detail::describe_http_error(result.error()));
     }
-    nlohmann::json body;
-    try {
-      body = nlohmann::json::parse(result->body);
-    } catch (const std::exception&) {
-      throw CtlFailure(kCtlServerError, "unexpected answer from " + target.url + " (status " +
-                                            std::to_string(result->status) + "): " + result->body);
-    }
+    nlohmann::json body = nlohmann::json::parse(result->body, nullptr, /*allow_exceptions=*/false);
+    const auto unexpected = [&] { return unexpected_answer(target.url, result->status, result->body); };
+    if (!body.is_object()) throw unexpected();
     bool ok = result->status >= 200 && result->status < 300;
     if (json_output) {
-      std::cout << body.dump(2) << "\n";
+      std::cout << body.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
       return ok ? 0 : kCtlServerError;
     }
     if (!ok) {
-      std::string message = body.contains("error") ? body["error"].value("message", result->body) : result->body;
-      std::cerr << "pymanager ctl: " << message << " (HTTP " << result->status << ")\n";
-      if (body.contains("process")) std::cerr << process_table(nlohmann::json::array({body["process"]}));
+      std::string message = body.contains("error") ? text_of(body["error"], "message") : "";
+      std::cerr << "pymanager ctl: " << (message.empty() ? result->body.substr(0, 500) : message) << " (HTTP "
+                << result->status << ")\n";
+      if (body.contains("process") && body["process"].is_object()) {
+        std::cerr << process_table(nlohmann::json::array({body["process"]}));
+      }
       return kCtlServerError;
     }
     if (command == "list") {
+      if (!body.contains("processes") || !is_process_list(body["processes"])) throw unexpected();
       std::cout << process_table(body["processes"]);
     } else if (command == "status") {
-      std::cout << body.value("status", "") << "\n";
+      if (text_of(body, "status").empty()) throw unexpected();
+      std::cout << text_of(body, "status") << "\n";
     } else if (command == "shutdown") {
       std::cout << "shutdown requested\n";
     } else if (command == "output") {
-      for (const auto& line : body["lines"]) std::cout << line.get<std::string>() << "\n";
+      if (!body.contains("lines") || !body["lines"].is_array()) throw unexpected();
+      for (const auto& line : body["lines"]) std::cout << (line.is_string() ? line.get<std::string>() : line.dump()) << "\n";
     } else {
+      if (!body.contains("process") || !body["process"].is_object()) throw unexpected();
       std::cout << process_table(nlohmann::json::array({body["process"]}));
     }
     return 0;
@@ -284,6 +429,10 @@ inline int run_ctl(const std::vector<std::string>& args) {
   } catch (const pymanager::Error& e) {
     std::cerr << "pymanager ctl: " << e.what() << "\n";
     return kCtlUnreachable;
+  } catch (const std::exception& e) {
+    // Whatever else an answer or a file could do to the JSON library.
+    std::cerr << "pymanager ctl: " << e.what() << "\n";
+    return kCtlServerError;
   }
 }
 

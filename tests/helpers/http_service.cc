@@ -5,6 +5,7 @@
 //   GET /redirect    302 to /health
 //   GET /unavailable 503
 //   GET /slow-path   302 to /unavailable
+//   GET /            200 "[]" as JSON (not the shape of pymanager's API)
 // until SIGTERM (taken by a thread with sigwait).
 #include <signal.h>
 #include <unistd.h>
@@ -54,6 +55,7 @@ int main(int argc, char** argv) {
   server.Get("/health", [](const httplib::Request&, httplib::Response& res) { res.set_content("healthy", "text/plain"); });
   server.Get("/redirect", [](const httplib::Request&, httplib::Response& res) { res.set_redirect("/health"); });
   server.Get("/unavailable", [](const httplib::Request&, httplib::Response& res) { res.status = 503; });
+  server.Get("/", [](const httplib::Request&, httplib::Response& res) { res.set_content("[]", "application/json"); });
   server.Get("/slow-path", [](const httplib::Request&, httplib::Response& res) { res.set_redirect("/unavailable"); });
   if (host.find(':') != std::string::npos) server.set_address_family(AF_INET6);
   if (!server.bind_to_port(host.c_str(), port)) {
