@@ -234,6 +234,54 @@ TEST(ReservePort, ManyThreadsAtOnceGetDistinctPorts) {
   EXPECT_EQ(seen.size(), static_cast<std::size_t>(kThreads * kEach));
 }
 
+TEST(ReservePort, APlantedLinkSkipsItsPortInsteadOfFailingTheReservation) {
+  // A dangling link for the first port of a two-port range: every
+  // reservation gets the second one (it used to fail half of the time).
+  SmallRange range = small_range(2);
+  const std::string link = range.options.lock_directory + "/" + std::to_string(range.low) + ".lock";
+  ASSERT_EQ(::symlink("/nonexistent/target", link.c_str()), 0);
+  for (int i = 0; i < 10; ++i) {
+    auto reservation = pymanager::reserve_port(range.options);
+    EXPECT_EQ(reservation.port(), range.low + 1);
+  }
+  struct stat st {};
+  EXPECT_EQ(::lstat(link.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISLNK(st.st_mode)) << "the planted link was replaced or followed";
+  EXPECT_NE(::access("/nonexistent/target", F_OK), 0);
+  // With only the planted port left, the error says why.
+  SmallRange one = small_range(1);
+  ASSERT_EQ(::symlink("/nonexistent/target", (one.options.lock_directory + "/" + std::to_string(one.low) + ".lock").c_str()), 0);
+  try {
+    pymanager::reserve_port(one.options);
+    FAIL() << "a port whose lock is a planted link was handed out";
+  } catch (const pymanager::Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("1 lock files could not be taken, e.g. " + one.options.lock_directory + "/" +
+                                    std::to_string(one.low) + ".lock: Too many levels of symbolic links"));
+  }
+}
+
+TEST(ReservePort, ALockFolderThatIsALinkOrNotOursIsNamedClearly) {
+  std::string dir = testutil::make_temp_dir();
+  ASSERT_EQ(::symlink(dir.c_str(), (dir + "-link").c_str()), 0);
+  pymanager::PortOptions options;
+  options.lock_directory = dir + "-link";
+  try {
+    pymanager::reserve_port(options);
+    FAIL() << "a linked lock folder was used";
+  } catch (const pymanager::Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("port lock folder " + dir + "-link: is a symbolic link"));
+  }
+  if (::geteuid() == 0) GTEST_SKIP() << "root can write any folder: the ownership message is not reachable";
+  ASSERT_EQ(::chmod(dir.c_str(), 0555), 0);
+  options.lock_directory = dir;
+  try {
+    pymanager::reserve_port(options);
+    FAIL() << "a folder without write permission was used";
+  } catch (const pymanager::Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("and you cannot create locks in it: set PYMANAGER_PORT_DIR"));
+  }
+}
+
 TEST(ReservePort, RangesFromTheEnvironmentAreChecked) {
   EXPECT_EQ(pymanager::detail::parse_port_range("20000-20010"), std::make_pair(20000, 20010));
   EXPECT_FALSE(pymanager::detail::parse_port_range("20010-20000"));

@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstdint>
 #include <cstdlib>
 #include <fstream>
@@ -142,9 +143,17 @@ inline void ensure_lock_directory(const std::string& dir) {
   }
   int err = errno;
   struct stat st {};
-  if (err == EEXIST && ::lstat(dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) return;
-  if (err == EEXIST) throw Error(ErrorKind::system, "port lock folder " + dir + ": exists and is not a folder");
-  throw_system_error("port lock folder " + dir, err);
+  if (err != EEXIST) throw_system_error("port lock folder " + dir, err);
+  if (::lstat(dir.c_str(), &st) != 0) throw_system_error("port lock folder " + dir);
+  if (S_ISLNK(st.st_mode)) throw Error(ErrorKind::system, "port lock folder " + dir + ": is a symbolic link, not a folder");
+  if (!S_ISDIR(st.st_mode)) throw Error(ErrorKind::system, "port lock folder " + dir + ": exists and is not a folder");
+  if (::access(dir.c_str(), W_OK | X_OK) != 0) {
+    char mode[8];
+    std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
+    throw Error(ErrorKind::system, "port lock folder " + dir + " belongs to uid " + std::to_string(st.st_uid) +
+                                       " (mode " + mode + ") and you cannot create locks in it: " +
+                                       "set PYMANAGER_PORT_DIR to a folder of yours");
+  }
 }
 
 /// True when nothing is bound to `port` on any IPv4 or IPv6 address: a bind
@@ -212,24 +221,33 @@ class PortReservation {
   }
 
   /// Takes the lock of `port` in `dir` without waiting; nullopt when another
-  /// holder has it.
-  static std::optional<PortReservation> try_lock(const std::string& dir, int port) {
+  /// holder has it, or when its lock file cannot be taken at all (a link or
+  /// a file another user planted in the shared folder: that port is
+  /// skipped, and `problem`, if given, says why).
+  static std::optional<PortReservation> try_lock(const std::string& dir, int port, std::string* problem = nullptr) {
     std::string path = dir + "/" + std::to_string(port) + ".lock";
+    auto skip = [&](const std::string& why, bool with_errno = true) -> std::optional<PortReservation> {
+      if (problem != nullptr) *problem = with_errno ? errno_message(path + why, errno) : path + why;
+      return std::nullopt;
+    };
     for (int attempt = 0; attempt < 5; ++attempt) {
-      detail::UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0666));
+      // O_NOFOLLOW: a link planted for an upcoming port is never followed.
+      detail::UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0666));
       // Another user's lock file in the shared folder may be read-only for
       // us; flock works on a read-only descriptor too.
-      if (!fd && errno == EACCES) fd.reset(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
-      if (!fd) throw_system_error("port lock " + path);
+      if (!fd && errno == EACCES) fd.reset(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
+      if (!fd) return skip("");
+      struct stat held {};
+      if (::fstat(fd.get(), &held) != 0) return skip(": fstat");
+      if (!S_ISREG(held.st_mode)) return skip(": not a regular file", false);
       if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
         if (errno == EWOULDBLOCK) return std::nullopt;
-        throw_system_error("port lock " + path + ": flock");
+        return skip(": flock");
       }
       // The previous holder may have removed the file between our open and
       // our flock: then we locked a file nobody else can find. Try again.
-      struct stat held {}, named {};
-      if (::fstat(fd.get(), &held) != 0) throw_system_error("port lock " + path + ": fstat");
-      if (::stat(path.c_str(), &named) != 0 || named.st_ino != held.st_ino || named.st_dev != held.st_dev) continue;
+      struct stat named {};
+      if (::lstat(path.c_str(), &named) != 0 || named.st_ino != held.st_ino || named.st_dev != held.st_dev) continue;
       // For people who wonder who holds a port: the holder's pid (in its own
       // pid namespace) and, under Bazel, its test target.
       const char* target = std::getenv("TEST_TARGET");
@@ -271,14 +289,24 @@ inline PortReservation reserve_port(const PortOptions& options = {}) {
   // A small range is walked from a random start, so that each port is tried
   // once; a large one is sampled at random.
   const long start = pick(random);
+  std::string problem;
+  long unusable = 0;
   for (long k = 0; k < tries; ++k) {
     int port = total <= options.attempts ? nth((start + k) % total) : nth(pick(random));
-    auto reservation = PortReservation::try_lock(dir, port);
+    std::string why;
+    auto reservation = PortReservation::try_lock(dir, port, &why);
+    if (!why.empty()) {
+      ++unusable;
+      if (problem.empty()) problem = why;
+    }
     if (!reservation) continue;
     if (detail::tcp_port_is_free(port)) return std::move(*reservation);
   }
   throw Error(ErrorKind::system, "no free port in " + description + " after " + std::to_string(tries) +
-                                     " attempts (locks in " + dir + ")");
+                                     " attempts (locks in " + dir + ")" +
+                                     (unusable == 0 ? std::string()
+                                                    : "; " + std::to_string(unusable) +
+                                                          " lock files could not be taken, e.g. " + problem));
 }
 
 /// The environment variable that carries a named port to the children:
