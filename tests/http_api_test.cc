@@ -3,6 +3,7 @@
 // a port in use, restarts whose verifier fails, concurrent restarts, and a
 // restart racing the shutdown.
 #include <arpa/inet.h>
+#include <poll.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -51,6 +52,7 @@ class Api : public ::testing::Test {
     pymanager::HttpApiOptions api_options;
     api_options.port = 0;
     api_options.token = token;
+    api_options.limits = limits_;
     api_options.log = [this](const std::string& line) { add_log(line); };
     api_ = std::make_unique<pymanager::HttpApi>(*manager_, api_options);
     api_->start();
@@ -71,15 +73,17 @@ class Api : public ::testing::Test {
     return log_;
   }
 
-  httplib::Client client() {
+  httplib::Client client(std::chrono::seconds timeout = 60s) {
     httplib::Client c("127.0.0.1", api_->port());
-    c.set_read_timeout(60s);
+    c.set_read_timeout(timeout);
     return c;
   }
 
-  /// Sends a request; returns {status, parsed body}. Fails the test on no answer.
-  std::pair<int, json> call(const std::string& method, const std::string& path, const httplib::Headers& headers = {}) {
-    auto c = client();
+  /// Sends a request; returns {status, parsed body}. Fails the test on no
+  /// answer within `timeout`.
+  std::pair<int, json> call(const std::string& method, const std::string& path, const httplib::Headers& headers = {},
+                            std::chrono::seconds timeout = 60s) {
+    auto c = client(timeout);
     httplib::Result r = method == "GET"      ? c.Get(path.c_str(), headers)
                         : method == "POST"   ? c.Post(path.c_str(), headers, "", "application/json")
                         : method == "DELETE" ? c.Delete(path.c_str(), headers)
@@ -134,6 +138,29 @@ class Api : public ::testing::Test {
            "{\"url\": \"http://127.0.0.1:" + std::to_string(port) + "/health\", \"timeout\": 20}}}";
   }
 
+  /// A connected socket to the API that sends nothing (an idle client).
+  int connect_raw() {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(api_->port()));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+      ::close(fd);
+      return -1;
+    }
+    return fd;
+  }
+
+  /// True once the server has closed `fd` (EOF or reset), within `timeout`.
+  static bool closed_by_server(int fd, std::chrono::milliseconds timeout) {
+    struct pollfd p = {fd, POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(timeout.count())) != 1) return false;
+    char c;
+    return ::recv(fd, &c, 1, MSG_DONTWAIT) <= 0;
+  }
+
+  pymanager::detail::HttpLimits limits_;
   std::string dir_;
   int null_fd_ = -1;
   std::unique_ptr<pymanager::Manager> manager_;
@@ -440,6 +467,192 @@ TEST_F(Api, ASecondApiOnTheSamePortFailsInsteadOfSharingIt) {
   } catch (const pymanager::Error& e) {
     EXPECT_THAT(e.what(), HasSubstr("cannot listen on 127.0.0.1:" + std::to_string(api_->port())));
   }
+}
+
+}  // namespace
+
+namespace {
+
+// ---------------------------------------------------------------------------
+// A hostile or careless client never stalls the API (issue: eight idle
+// connections stalled every request for 5 s, 500 stopped the API).
+
+TEST_F(Api, IdleConnectionsNeverStallARead) {
+  start(R"("web": {"executable": "sleep", "arguments": ["1000"]})");
+  std::vector<int> idle;
+  for (int i = 0; i < 64; ++i) {
+    int fd = connect_raw();
+    ASSERT_GE(fd, 0);
+    idle.push_back(fd);
+  }
+  // Served at once, next to 64 connections that say nothing (the bound is
+  // generous: the benchmark measures; idle connections used to hold every
+  // worker for 5 s).
+  auto answer = call("GET", "/", {}, 3s);
+  EXPECT_EQ(answer.first, 200);
+  EXPECT_EQ(testutil::integer(answer.second, {"count"}), 1);
+  for (int fd : idle) ::close(fd);
+}
+
+TEST_F(Api, IdleConnectionsAreClosedAndTheirNumberIsBounded) {
+  limits_.max_connections = 16;
+  limits_.idle_timeout = 300ms;
+  start(R"("web": {"executable": "sleep", "arguments": ["1000"]})");
+  // Three times the bound: the extra ones wait in the kernel's backlog and
+  // are served once the idle ones are closed.
+  std::vector<int> idle;
+  for (int i = 0; i < 48; ++i) {
+    int fd = connect_raw();
+    ASSERT_GE(fd, 0);
+    idle.push_back(fd);
+  }
+  auto answer = call("GET", "/status");
+  EXPECT_EQ(answer.first, 200) << answer.second.dump();
+  for (int fd : idle) {
+    EXPECT_TRUE(closed_by_server(fd, 20000ms)) << "an idle connection was kept open";
+    ::close(fd);
+  }
+}
+
+TEST_F(Api, AStatusReadIsServedWhileSlowRestartsRun) {
+  // Each process takes its time over SIGTERM: until the test creates "go".
+  std::string processes;
+  for (int i = 0; i < 12; ++i) {
+    processes += std::string(i ? ", " : "") + "\"p" + std::to_string(i) +
+                 R"(": {"executable": "sh", "arguments": ["-c", "trap 'while [ ! -e go ]; do sleep 0.01; done; exit 0' TERM; while :; do sleep 0.05; done"]})";
+  }
+  start(processes, R"("keep-alive": true, "restart-graceful-time": 600)");
+  std::vector<std::future<std::pair<int, json>>> restarts;
+  for (int i = 0; i < 12; ++i) {
+    restarts.push_back(std::async(std::launch::async, [this, i] { return call("POST", "/restart/p" + std::to_string(i)); }));
+  }
+  // Every restart is under way: each process has its SIGTERM.
+  ASSERT_TRUE(wait_until([&] {
+    auto list = manager_->processes();
+    const std::string text = log();
+    for (int i = 0; i < 12; ++i) {
+      if (text.find("restart of process 'p" + std::to_string(i) + "'") == std::string::npos) return false;
+    }
+    return std::all_of(list.begin(), list.end(), [](const auto& p) { return p.running; });
+  }));
+  auto answer = call("GET", "/");
+  EXPECT_EQ(answer.first, 200);
+  EXPECT_EQ(call("GET", "/status").first, 200);
+  for (auto& r : restarts) EXPECT_EQ(r.wait_for(0s), std::future_status::timeout) << "a restart ended before the test let it";
+  testutil::write_file(dir_ + "/go", "");
+  for (auto& r : restarts) {
+    ASSERT_EQ(r.wait_for(60s), std::future_status::ready);
+    EXPECT_EQ(r.get().first, 200);
+  }
+}
+
+TEST_F(Api, OversizedRequestsAreRefusedInJsonBeforeTheyAreReadWhole) {
+  start(R"("web": {"executable": "sleep", "arguments": ["1000"]})");
+  auto expect_refused = [&](const std::string& raw, const char* status, const char* message) {
+    std::string answer = raw_request(raw, /*until_headers=*/false, 10);
+    EXPECT_THAT(answer, ::testing::StartsWith(std::string("HTTP/1.1 ") + status)) << answer.substr(0, 200);
+    EXPECT_THAT(answer, HasSubstr("\"success\":false"));
+    EXPECT_THAT(answer, HasSubstr(message));
+    EXPECT_THAT(answer, HasSubstr("Content-Type: application/json"));
+  };
+  expect_refused("GET /" + std::string(100000, 'a') + " HTTP/1.1\r\n\r\n", "414", "request line longer than 8192 bytes");
+  std::string many = "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n";
+  for (int i = 0; i < 200; ++i) many += "X-" + std::to_string(i) + ": 1\r\n";
+  expect_refused(many + "\r\n", "431", "more than 64 request headers");
+  expect_refused("GET / HTTP/1.1\r\nX-Big: " + std::string(100000, 'b') + "\r\n\r\n", "431",
+                 "request headers larger than 16384 bytes");
+  expect_refused("POST /stop/1 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000000\r\n\r\n", "413",
+                 "request body larger than 65536 bytes");
+  // A request line without end: the server answers and closes long before
+  // 64 MB have been sent, so it never holds them.
+  int fd = connect_raw();
+  ASSERT_GE(fd, 0);
+  timeval timeout{10, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
+  std::string chunk = "GET /" + std::string(1 << 20, 'c');
+  std::size_t sent = 0;
+  while (sent < (64u << 20)) {
+    ssize_t n = ::send(fd, chunk.data(), chunk.size(), MSG_NOSIGNAL);
+    if (n <= 0) break;
+    sent += static_cast<std::size_t>(n);
+  }
+  EXPECT_LT(sent, 64u << 20) << "the server kept reading an endless request line";
+  ::close(fd);
+  EXPECT_TRUE(manager_->processes()[0].running);
+  EXPECT_EQ(call("GET", "/status").first, 200);
+}
+
+TEST_F(Api, ARequestThatNeverCompletesIsAnsweredWith408) {
+  limits_.request_timeout = 300ms;
+  start(R"("web": {"executable": "sleep", "arguments": ["1000"]})");
+  std::string answer = raw_request("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ", /*until_headers=*/false, 20);
+  EXPECT_THAT(answer, ::testing::StartsWith("HTTP/1.1 408")) << answer;
+}
+
+TEST_F(Api, BytesThatAreNotUtf8NeverBreakAnAnswer) {
+  // The tail holds a 0xFF byte, and a line of two-byte characters longer
+  // than the 4096 bytes kept of a line.
+  std::string long_line;
+  for (int i = 0; i < 3000; ++i) long_line += "\u00e9";
+  start(R"("talker": {"executable": "printf", "arguments": ["bad \\377 byte\n)" + long_line + R"(\n"]},
+           "web": {"executable": "sleep", "arguments": ["1000"]})");
+  ASSERT_TRUE(wait_until([&] { return manager_->output_tail(0, 2).size() == 2; }));
+  auto [status, body] = call("GET", "/processes/talker/output");
+  ASSERT_EQ(status, 200) << body.dump();
+  auto lines = testutil::field(body, {"lines"});
+  ASSERT_TRUE(lines.is_array() && lines.size() == 2) << body.dump();
+  EXPECT_EQ(lines[0], "bad \xEF\xBF\xBD byte");  // U+FFFD
+  std::string kept = lines[1].get<std::string>();
+  EXPECT_EQ(kept.size(), 4096u + 3) << "cut inside a character, or not at the limit";
+  EXPECT_EQ(kept.substr(kept.size() - 3), "...");
+  EXPECT_EQ(kept.substr(0, 4), "\xC3\xA9\xC3\xA9");
+  // Ids that are not UTF-8: 400 and 404, never 500.
+  expect_error(call("GET", "/processes/%FF"), 400, "invalid process id '\xEF\xBF\xBD'");
+  expect_error(call("GET", "/%FF%FE"), 404, "no such endpoint");
+}
+
+TEST_F(Api, RequestsFromWebPagesAndForeignHostsAreRefused) {
+  start(R"("web": {"executable": "sleep", "arguments": ["1000"]},
+           "b": {"executable": "sleep", "arguments": ["1000"]})");
+  const std::string port = std::to_string(api_->port());
+  // A browser's "simple" POST from any web page.
+  std::string answer = raw_request("POST /stop/b HTTP/1.1\r\nHost: 127.0.0.1:" + port +
+                                       "\r\nOrigin: http://evil.example\r\nContent-Type: text/plain\r\n"
+                                       "Content-Length: 0\r\nConnection: close\r\n\r\n",
+                                   /*until_headers=*/false, 10);
+  EXPECT_THAT(answer, ::testing::StartsWith("HTTP/1.1 403")) << answer;
+  EXPECT_THAT(answer, HasSubstr("requests from the web page at 'http://evil.example' are not accepted"));
+  EXPECT_TRUE(manager_->processes()[1].running) << "a web page stopped a process";
+  // DNS rebinding: the browser names the attacker's host.
+  answer = raw_request("GET / HTTP/1.1\r\nHost: evil.example:" + port + "\r\nConnection: close\r\n\r\n", false, 10);
+  EXPECT_THAT(answer, ::testing::StartsWith("HTTP/1.1 403")) << answer;
+  EXPECT_THAT(answer, HasSubstr("Host 'evil.example:" + port + "' is not this API's address"));
+  // HTTP/1.1 without a Host at all.
+  answer = raw_request("GET / HTTP/1.1\r\nConnection: close\r\n\r\n", false, 10);
+  EXPECT_THAT(answer, ::testing::StartsWith("HTTP/1.1 403")) << answer;
+  // Its own names are fine, and so is a page served by the API's own origin.
+  for (const std::string& host : {"127.0.0.1:" + port, "localhost:" + port, std::string("LOCALHOST"), "[::1]:" + port}) {
+    answer = raw_request("GET /status HTTP/1.1\r\nHost: " + host + "\r\nOrigin: http://localhost:" + port +
+                             "\r\nConnection: close\r\n\r\n",
+                         false, 10);
+    EXPECT_THAT(answer, ::testing::StartsWith("HTTP/1.1 200")) << host << ": " << answer;
+  }
+}
+
+TEST_F(Api, AKeepAliveConnectionServesManyRequests) {
+  start(R"("web": {"executable": "sleep", "arguments": ["1000"]})");
+  httplib::Client client("127.0.0.1", api_->port());
+  client.set_keep_alive(true);
+  for (int i = 0; i < 200; ++i) {
+    auto r = client.Get("/status");
+    ASSERT_TRUE(r) << "request " << i;
+    EXPECT_EQ(r->status, 200);
+  }
+  // Pipelined: two requests in one write, two answers.
+  std::string both = raw_request("GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                                 "GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+                                 /*until_headers=*/false, 10);
+  EXPECT_EQ(std::count(both.begin(), both.end(), '{'), 2) << both;
 }
 
 }  // namespace

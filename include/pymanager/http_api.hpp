@@ -13,7 +13,13 @@
 // <id> is the 1-based internal id or the process's name. Errors are
 // {"success": false, "error": {"message": M}} with 400 (malformed id), 401
 // (token), 403 (shutdown has begun), 404 (no such process or endpoint), 405
-// (wrong method), 500 (a start or its verifier failed).
+// (wrong method), 500 (a start or its verifier failed); and, from the server
+// itself, 408, 413, 414 and 431 for requests over its bounds
+// (detail/http_server.hpp).
+//
+// Only requests addressed to this API are served: a Host other than the
+// bound address or localhost (DNS rebinding), or an Origin other than those
+// (any web page's "simple" POST), is refused with 403.
 #ifndef PYMANAGER_HTTP_API_HPP
 #define PYMANAGER_HTTP_API_HPP
 
@@ -25,12 +31,11 @@
 #include <memory>
 #include <optional>
 #include <string>
-#include <thread>
 #include <vector>
 
-#include <httplib.h>
 #include <nlohmann/json.hpp>
 
+#include "pymanager/detail/http_server.hpp"
 #include "pymanager/error.hpp"
 #include "pymanager/manager.hpp"
 #include "pymanager/process.hpp"
@@ -62,9 +67,11 @@ struct HttpApiOptions {
   std::optional<std::string> token;
   /// Receives the API's messages (the address it serves, warnings).
   std::function<void(const std::string&)> log;
+  /// Bounds on requests, connections and time (see detail/http_server.hpp).
+  detail::HttpLimits limits;
 };
 
-/// Serves the API for one Manager on its own threads (cpp-httplib's pool).
+/// Serves the API for one Manager on its own threads.
 class HttpApi {
  public:
   HttpApi(Manager& manager, HttpApiOptions options) : manager_(manager), options_(std::move(options)) {
@@ -77,78 +84,47 @@ class HttpApi {
   /// Binds and starts serving. Throws ErrorKind::system naming the address
   /// when it cannot bind (e.g. the port is in use).
   void start() {
-    server_ = std::make_unique<httplib::Server>();
-    if (options_.host.find(':') != std::string::npos) server_->set_address_family(AF_INET6);
-    // httplib 0.11's default sets SO_REUSEPORT, with which a second manager
-    // on the same port binds silently and the two share the traffic: a port
-    // in use must be an error. SO_REUSEADDR alone still allows a quick restart.
-    server_->set_socket_options([](socket_t sock) {
-      int yes = 1;
-      ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
-    });
-    // Every request is answered here, before httplib reads a body: the API
-    // takes none, and a bare `curl -X POST` (no Content-Length) is valid.
-    // One handler for all routes also gives unknown paths 404 and wrong
-    // methods 405 in the API's error shape.
-    server_->set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
-      handle(req, res);
-      return httplib::Server::HandlerResponse::Handled;
-    });
-    // Malformed requests that never reach a route get a JSON body too.
-    server_->set_error_handler([](const httplib::Request&, httplib::Response& res) {
-      if (res.body.empty()) {
-        set_error(res, res.status,
-                  res.status == 404 ? "no such endpoint"
-                                    : "malformed request (HTTP " + std::to_string(res.status) + ")");
-      }
-    });
-    server_->set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
-      set_error(res, 500, "internal error");
-    });
-    errno = 0;
-    int port = options_.port == 0 ? server_->bind_to_any_port(options_.host.c_str())
-                                  : (server_->bind_to_port(options_.host.c_str(), options_.port) ? options_.port : -1);
-    if (port <= 0) {
-      int err = errno;
-      throw Error(ErrorKind::system, "HTTP API: cannot listen on " + options_.host + ":" + std::to_string(options_.port) +
-                                         (err != 0 ? std::string(": ") + std::strerror(err) : std::string()) +
-                                         (err == EADDRINUSE || err == 0 ? " (is the port in use?)" : ""));
-    }
-    port_ = port;
+    server_ = std::make_unique<detail::HttpServer>(
+        options_.limits, [this](const detail::HttpRequest& request) { return handle(request); });
+    server_->listen(options_.host, options_.port);
+    port_ = server_->port();
     if (!is_loopback_host(options_.host)) {
       options_.log("warning: the HTTP API listens on " + options_.host +
                    ", which is not a loopback address: anyone who can reach it can stop your processes" +
                    (options_.token ? "" : " (and no token is set)"));
     }
     options_.log("HTTP API on " + url());
-    thread_ = std::thread([this] { server_->listen_after_bind(); });
+    server_->start();
   }
 
   /// Stops serving; requests in progress finish first.
   void stop() {
     if (!server_) return;
     server_->stop();
-    if (thread_.joinable()) thread_.join();
     server_.reset();
   }
 
   int port() const { return port_; }
-  std::string url() const {
-    std::string host = options_.host.find(':') != std::string::npos ? "[" + options_.host + "]" : options_.host;
-    return "http://" + host + ":" + std::to_string(port_);
-  }
+  std::string url() const { return "http://" + host_for_url() + ":" + std::to_string(port_); }
 
  private:
-  static void set_json(httplib::Response& res, int status, const nlohmann::json& body) {
-    res.status = status;
-    res.set_content(body.dump(), "application/json");
+  using Response = detail::HttpResponse;
+
+  std::string host_for_url() const {
+    return options_.host.find(':') != std::string::npos ? "[" + options_.host + "]" : options_.host;
   }
 
-  static void set_error(httplib::Response& res, int status, const std::string& message,
-                        const std::optional<nlohmann::json>& process = std::nullopt) {
+  /// JSON with every string made valid UTF-8 (bytes that are not become
+  /// U+FFFD): ids and output lines may hold any bytes.
+  static Response json_response(int status, const nlohmann::json& body) {
+    return Response{status, body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)};
+  }
+
+  static Response error_response(int status, const std::string& message,
+                                 const std::optional<nlohmann::json>& process = std::nullopt) {
     nlohmann::json body = {{"success", false}, {"error", {{"message", message}}}};
     if (process) body["process"] = *process;
-    set_json(res, status, body);
+    return json_response(status, body);
   }
 
   static int status_for(ErrorKind kind) {
@@ -166,6 +142,60 @@ class HttpApi {
     unsigned char diff = a.size() == b.size() ? 0 : 1;
     for (std::size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i % (b.empty() ? 1 : b.size())]);
     return diff == 0 && !b.empty();
+  }
+
+  /// `Authorization: Bearer <token>`; the scheme is case-insensitive (RFC 7235).
+  static bool authorized(const std::string& header, const std::string& token) {
+    const std::string scheme = "bearer";
+    if (header.size() <= scheme.size() || header[scheme.size()] != ' ') return false;
+    for (std::size_t i = 0; i < scheme.size(); ++i) {
+      if (std::tolower(static_cast<unsigned char>(header[i])) != scheme[i]) return false;
+    }
+    std::size_t start = header.find_first_not_of(' ', scheme.size());
+    return start != std::string::npos && same_secret(header.substr(start), token);
+  }
+
+  static std::string lower(std::string text) {
+    for (char& c : text) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return text;
+  }
+
+  /// True when `host_port` (`name`, `name:port`, `[v6]` or `[v6]:port`, as
+  /// in Host and Origin) names this API: the bound address, or a loopback
+  /// name when it is bound to loopback; a port, if given, must be ours.
+  bool names_this_api(const std::string& host_port) const {
+    std::string name = lower(host_port);
+    std::string port;
+    if (!name.empty() && name[0] == '[') {
+      auto close = name.find(']');
+      if (close == std::string::npos) return false;
+      port = name.substr(close + 1);
+      name = name.substr(1, close - 1);
+    } else if (auto colon = name.rfind(':'); colon != std::string::npos) {
+      port = name.substr(colon);
+      name = name.substr(0, colon);
+    }
+    if (!port.empty() && port != ":" + std::to_string(port_)) return false;
+    if (name == lower(options_.host)) return true;
+    return is_loopback_host(options_.host) && (name == "localhost" || name == "127.0.0.1" || name == "::1");
+  }
+
+  /// Host must name this API (DNS rebinding sends another name); a browser's
+  /// Origin, if any, must be this API itself (any web page can otherwise
+  /// send a "simple" POST). Tools such as curl send no Origin.
+  std::optional<std::string> refuse_foreign(const detail::HttpRequest& request) const {
+    if (request.minor_version >= 1 || request.has_header("host")) {
+      const std::string host = request.header("host");
+      if (!names_this_api(host)) return "Host '" + host + "' is not this API's address (" + url() + ")";
+    }
+    if (request.has_header("origin")) {
+      const std::string origin = request.header("origin");
+      const std::string prefix = "http://";
+      if (lower(origin).compare(0, prefix.size(), prefix) != 0 || !names_this_api(origin.substr(prefix.size()))) {
+        return "requests from the web page at '" + origin + "' are not accepted";
+      }
+    }
+    return std::nullopt;
   }
 
   static std::vector<std::string> split_path(const std::string& path) {
@@ -194,82 +224,72 @@ class HttpApi {
                 "invalid process id '" + id + "': not a number, and no process has that name");
   }
 
-  /// `Authorization: Bearer <token>`; the scheme is case-insensitive (RFC 7235).
-  static bool authorized(const std::string& header, const std::string& token) {
-    const std::string scheme = "bearer";
-    if (header.size() <= scheme.size() || header[scheme.size()] != ' ') return false;
-    for (std::size_t i = 0; i < scheme.size(); ++i) {
-      if (std::tolower(static_cast<unsigned char>(header[i])) != scheme[i]) return false;
-    }
-    std::size_t start = header.find_first_not_of(' ', scheme.size());
-    return start != std::string::npos && same_secret(header.substr(start), token);
-  }
-
-  void handle(const httplib::Request& req, httplib::Response& res) {
-    if (options_.token) {
-      if (!authorized(req.get_header_value("Authorization"), *options_.token)) {
-        res.set_header("WWW-Authenticate", "Bearer");
-        return set_error(res, 401, "missing or wrong token: send Authorization: Bearer <token>");
-      }
+  Response handle(const detail::HttpRequest& req) {
+    if (auto why = refuse_foreign(req)) return error_response(403, *why);
+    if (options_.token && !authorized(req.header("authorization"), *options_.token)) {
+      Response denied = error_response(401, "missing or wrong token: send Authorization: Bearer <token>");
+      denied.headers.emplace_back("WWW-Authenticate", "Bearer");
+      return denied;
     }
     auto parts = split_path(req.path);
     const std::string& method = req.method;
     auto allow = [&](const char* methods) {
-      res.set_header("Allow", methods);
-      set_error(res, 405, "method " + method + " not allowed on " + req.path + " (allowed: " + methods + ")");
+      Response wrong = error_response(405, "method " + method + " not allowed on " + req.path + " (allowed: " + methods + ")");
+      wrong.headers.emplace_back("Allow", methods);
+      return wrong;
     };
     try {
       if (parts.empty()) {
-        if (method == "GET") return list(res);
-        if (method == "DELETE") return shutdown(res);
+        if (method == "GET") return list();
+        if (method == "DELETE") return shutdown();
         return allow("GET, DELETE");
       }
       const std::string& head = parts[0];
       if (head == "status" && parts.size() == 1) {
         if (method != "GET") return allow("GET");
-        return set_json(res, 200, {{"status", to_string(manager_.state())}});
+        return json_response(200, {{"status", to_string(manager_.state())}});
       }
       if ((head == "restart" || head == "stop" || head == "start") && parts.size() == 2) {
         if (method != "POST") return allow("POST");
-        return act(head, resolve(parts[1]), res);
+        return act(head, resolve(parts[1]));
       }
       if (head == "processes" && (parts.size() == 2 || (parts.size() == 3 && parts[2] == "output"))) {
         if (method != "GET") return allow("GET");
         std::size_t index = resolve(parts[1]);
         nlohmann::json body = {{"success", true}, {"process", process_to_json(manager_.process(index))}};
         if (parts.size() == 3) body["lines"] = manager_.output_tail(index, lines_param(req));
-        return set_json(res, 200, body);
+        return json_response(200, body);
       }
-      set_error(res, 404, "no such endpoint: " + method + " " + req.path);
+      return error_response(404, "no such endpoint: " + method + " " + req.path);
     } catch (const Error& e) {
-      set_error(res, status_for(e.kind()), e.what());
+      return error_response(status_for(e.kind()), e.what());
     }
   }
 
-  static std::size_t lines_param(const httplib::Request& req) {
-    if (!req.has_param("lines")) return 100;
-    std::string text = req.get_param_value("lines");
-    if (text.empty() || text.size() > 9 || text.find_first_not_of("0123456789") != std::string::npos) {
-      throw Error(ErrorKind::invalid_argument, "lines must be a non-negative integer, got '" + text + "'");
+  static std::size_t lines_param(const detail::HttpRequest& req) {
+    auto text = req.query_param("lines");
+    if (!text) return 100;
+    if (text->empty() || text->size() > 9 || text->find_first_not_of("0123456789") != std::string::npos) {
+      throw Error(ErrorKind::invalid_argument, "lines must be a non-negative integer, got '" + *text + "'");
     }
-    return std::stoul(text);
+    return std::stoul(*text);
   }
 
-  void list(httplib::Response& res) {
+  Response list() {
     if (manager_.shutdown_begun()) throw Error(ErrorKind::shutting_down, "shutdown has begun");
     nlohmann::json processes = nlohmann::json::array();
     for (const auto& info : manager_.processes()) processes.push_back(process_to_json(info));
-    set_json(res, 200, {{"count", processes.size()}, {"processes", processes}});
+    return json_response(200, {{"count", processes.size()}, {"processes", processes}});
   }
 
-  void shutdown(httplib::Response& res) {
+  Response shutdown() {
     if (manager_.shutdown_begun()) throw Error(ErrorKind::shutting_down, "shutdown has begun already");
     options_.log("shutdown requested through the HTTP API");
     manager_.shutdown();
-    set_json(res, 200, {{"success", true}});
+    return json_response(200, {{"success", true}});
   }
 
-  void act(const std::string& action, std::size_t index, httplib::Response& res) {
+  Response act(const std::string& action, std::size_t index) {
     if (manager_.shutdown_begun()) throw Error(ErrorKind::shutting_down, "shutdown has begun");
     const double grace = manager_.config().restart_graceful_time;
     try {
@@ -283,11 +303,11 @@ class HttpApi {
         manager_.stop_process(index, grace);
         info = manager_.process(index);
       }
-      set_json(res, 200, {{"success", true}, {"process", process_to_json(info)}});
+      return json_response(200, {{"success", true}, {"process", process_to_json(info)}});
     } catch (const Error& e) {
       if (e.kind() == ErrorKind::spawn_failed || e.kind() == ErrorKind::verify_failed) {
         // The process as it really is now: running (verifier failed) or terminated.
-        return set_error(res, 500, e.what(), process_to_json(manager_.process(index)));
+        return error_response(500, e.what(), process_to_json(manager_.process(index)));
       }
       throw;
     }
@@ -295,8 +315,7 @@ class HttpApi {
 
   Manager& manager_;
   HttpApiOptions options_;
-  std::unique_ptr<httplib::Server> server_;
-  std::thread thread_;
+  std::unique_ptr<detail::HttpServer> server_;
   int port_ = 0;
 };
 
