@@ -511,6 +511,40 @@ TEST_F(Cli, OptionsAndMessagesEndToEnd) {
   EXPECT_THAT(result.err, HasSubstr("process 'quiet' (pid"));
 }
 
+// A full disk (here /dev/full, where every write fails with ENOSPC) loses
+// output, but says so once and blocks nothing.
+TEST_F(Cli, AFullDiskIsReportedOnceAndBlocksNothing) {
+  write_config(R"("full": {"executable": "sh", "arguments": ["-c",
+      "echo $$ >> pids.txt; for i in 1 2 3 4 5; do echo line $i; done; touch written; exec sleep 1000"],
+      "options": {"redirect_output": "/dev/full"}})",
+               R"("keep-alive": true)");
+  auto child = start({"-f", "cfg.json"});
+  ASSERT_TRUE(wait_until([&] { return ::access((dir_ + "/written").c_str(), F_OK) == 0; })) << child->err();
+  ASSERT_TRUE(child->wait_for_output("cannot write the output of 'full' to /dev/full: No space left on device"))
+      << child->err();
+  EXPECT_TRUE(testutil::pid_alive(pids_in("pids.txt").at(0)));
+  child->signal(SIGTERM);
+  auto result = child->wait(10000ms);
+  EXPECT_EQ(result.exit_code, 0) << result.err;
+  std::string err = result.err;
+  std::size_t first = err.find("cannot write the output");
+  EXPECT_EQ(err.find("cannot write the output", first + 1), std::string::npos) << "said more than once:\n" << err;
+  expect_all_gone("pids.txt");
+
+  // The log file on a full disk: one warning on stderr.
+  ::unlink((dir_ + "/pids.txt").c_str());
+  write_config(sleeper("one"), R"("keep-alive": true)");
+  child = start({"-f", "cfg.json", "-v", "-l", "/dev/full"});
+  ASSERT_TRUE(child->wait_for_output("one | one up")) << child->err();
+  ASSERT_TRUE(child->wait_for_output("pymanager: warning: cannot write log file /dev/full: No space left on device"));
+  child->signal(SIGTERM);
+  result = child->wait(10000ms);
+  EXPECT_EQ(result.exit_code, 0) << result.err;
+  first = result.err.find("cannot write log file");
+  EXPECT_EQ(result.err.find("cannot write log file", first + 1), std::string::npos) << result.err;
+  expect_all_gone("pids.txt");
+}
+
 TEST_F(Cli, VerifierFailMessagesShowEachFailedAttempt) {
   int port = testutil::free_port();
   write_config(R"("web": {"executable": "sleep", "arguments": ["1000"],

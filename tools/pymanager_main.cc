@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
@@ -107,6 +108,7 @@ class Logger {
  public:
   explicit Logger(const std::optional<std::string>& file) {
     if (!file) return;
+    path_ = *file;
     fd_ = ::open(file->c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (fd_ < 0) {
       std::cerr << "pymanager: " << pymanager::errno_message("cannot open log file " + *file, errno) << "\n";
@@ -123,12 +125,20 @@ class Logger {
     struct tm local {};
     ::localtime_r(&now, &local);
     std::strftime(stamp, sizeof stamp, "%Y-%m-%d %H:%M:%S", &local);
-    pymanager::detail::write_all(fd_, std::string(stamp) + " pymanager: " + message + "\n");
+    if (!pymanager::detail::write_all(fd_, std::string(stamp) + " pymanager: " + message + "\n") &&
+        !failure_reported_.exchange(true)) {
+      // A full disk: said once on stderr, and pymanager goes on.
+      pymanager::detail::write_all(STDERR_FILENO, "pymanager: warning: " +
+                                                      pymanager::errno_message("cannot write log file " + path_, errno) +
+                                                      " (messages are lost until writes succeed again)\n");
+    }
   }
   int fd() const { return fd_; }
 
  private:
   int fd_ = -1;
+  std::string path_;
+  mutable std::atomic<bool> failure_reported_{false};
 };
 
 /// Daemon mode: forks before any thread exists. The parent waits for the

@@ -79,12 +79,22 @@ class Manager;
 
 namespace detail {
 
+/// At most `size` bytes of `text`, never ending inside a UTF-8 character
+/// (continuation bytes at the cut are left out with their lead byte).
+inline std::string utf8_prefix(const std::string& text, std::size_t size) {
+  if (text.size() <= size) return text;
+  std::size_t cut = size;
+  for (int back = 0; back < 3 && cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80; ++back) --cut;
+  return text.substr(0, cut);
+}
+
 /// One output pipe being read (a process may have two while an old run's
 /// descendants still hold the previous one).
 struct OutputStream {
   std::size_t index = 0;
   UniqueFd fd;
   UniqueFd file;  ///< redirect_output target, or none
+  std::string file_path;
   bool to_terminal = false;
   std::string partial;
 };
@@ -290,6 +300,7 @@ class Manager {
     bool kill_sent = false;
     Clock::time_point kill_at{};
     std::deque<std::string> tail;
+    bool redirect_failure_reported = false;  ///< touched by the event thread only
   };
 
   /// One stop/start/restart: serialized per process, refused during
@@ -438,6 +449,7 @@ class Manager {
       // The first launch starts the file afresh; restarts append to it.
       int flags = O_WRONLY | O_CREAT | O_CLOEXEC | (p.launches == 0 ? O_TRUNC : O_APPEND);
       stream->file.reset(::open(file.c_str(), flags, 0644));
+      stream->file_path = file;
       if (!stream->file) {
         throw Error(ErrorKind::spawn_failed, "cannot start process " + quote(p.spec.name) + ": redirect_output " + file +
                                                  ": " + std::strerror(errno));
@@ -799,7 +811,17 @@ class Manager {
   }
 
   void consume(detail::OutputStream& s, const char* data, std::size_t size) {
-    if (s.file) detail::write_all(s.file.get(), data, size);
+    if (s.file && !detail::write_all(s.file.get(), data, size)) {
+      // A full disk: said once per process, and the child goes on (its
+      // output is still read, and kept in the tail).
+      const int err = errno;
+      Proc& p = *procs_[s.index];
+      if (!p.redirect_failure_reported) {
+        p.redirect_failure_reported = true;
+        log("warning: " + errno_message("cannot write the output of " + quote(p.spec.name) + " to " + s.file_path, err) +
+            " (output is lost until writes succeed again; this is said once)");
+      }
+    }
     constexpr std::size_t kMaxLine = 64 * 1024;
     std::size_t start = 0;
     for (std::size_t k = 0; k < size; ++k) {
@@ -812,8 +834,10 @@ class Manager {
     s.partial.append(data + start, size - start);
     // A line without end is cut into pieces, so that memory stays bounded.
     while (s.partial.size() >= kMaxLine) {
-      emit_line(s, s.partial.substr(0, kMaxLine), true);
-      s.partial.erase(0, kMaxLine);
+      std::string piece = detail::utf8_prefix(s.partial, kMaxLine);
+      if (piece.empty()) piece = s.partial.substr(0, kMaxLine);
+      emit_line(s, piece, true);
+      s.partial.erase(0, piece.size());
     }
   }
 
@@ -824,7 +848,7 @@ class Manager {
       auto& tail = procs_[s.index]->tail;
       // Kept for diagnosis: a very long line is cut, so that memory stays small.
       constexpr std::size_t kMaxKept = 4096;
-      tail.push_back(line.size() <= kMaxKept ? line : line.substr(0, kMaxKept) + "...");
+      tail.push_back(line.size() <= kMaxKept ? line : detail::utf8_prefix(line, kMaxKept) + "...");
       while (tail.size() > options_.output_lines_kept) tail.pop_front();
     }
     if (!s.to_terminal) return;
