@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <future>
 #include <mutex>
@@ -150,6 +151,13 @@ class Api : public ::testing::Test {
       return -1;
     }
     return fd;
+  }
+
+  /// `n` connections that send nothing (-1 for one that failed).
+  std::vector<int> connect_idle(int n) {
+    std::vector<int> fds;
+    for (int i = 0; i < n; ++i) fds.push_back(connect_raw());
+    return fds;
   }
 
   /// True once the server has closed `fd` (EOF or reset), within `timeout`.
@@ -479,12 +487,8 @@ namespace {
 
 TEST_F(Api, IdleConnectionsNeverStallARead) {
   start(R"("web": {"executable": "sleep", "arguments": ["1000"]})");
-  std::vector<int> idle;
-  for (int i = 0; i < 64; ++i) {
-    int fd = connect_raw();
-    ASSERT_GE(fd, 0);
-    idle.push_back(fd);
-  }
+  std::vector<int> idle = connect_idle(64);
+  ASSERT_EQ(std::count(idle.begin(), idle.end(), -1), 0);
   // Served at once, next to 64 connections that say nothing (the bound is
   // generous: the benchmark measures; idle connections used to hold every
   // worker for 5 s).
@@ -500,12 +504,8 @@ TEST_F(Api, IdleConnectionsAreClosedAndTheirNumberIsBounded) {
   start(R"("web": {"executable": "sleep", "arguments": ["1000"]})");
   // Three times the bound: the extra ones wait in the kernel's backlog and
   // are served once the idle ones are closed.
-  std::vector<int> idle;
-  for (int i = 0; i < 48; ++i) {
-    int fd = connect_raw();
-    ASSERT_GE(fd, 0);
-    idle.push_back(fd);
-  }
+  std::vector<int> idle = connect_idle(48);
+  ASSERT_EQ(std::count(idle.begin(), idle.end(), -1), 0);
   auto answer = call("GET", "/status");
   EXPECT_EQ(answer.first, 200) << answer.second.dump();
   for (int fd : idle) {
@@ -563,6 +563,11 @@ TEST_F(Api, OversizedRequestsAreRefusedInJsonBeforeTheyAreReadWhole) {
                  "request headers larger than 16384 bytes");
   expect_refused("POST /stop/1 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000000\r\n\r\n", "413",
                  "request body larger than 65536 bytes");
+  // The refusal reaches a client that is still sending its body (the rest
+  // is read and dropped for a while instead of the connection being reset).
+  expect_refused("POST /stop/1 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000\r\n\r\n" +
+                     std::string(200000, 'x'),
+                 "413", "request body larger than 65536 bytes");
   // A request line without end: the server answers and closes long before
   // 64 MB have been sent, so it never holds them.
   int fd = connect_raw();
@@ -627,6 +632,15 @@ TEST_F(Api, RequestsFromWebPagesAndForeignHostsAreRefused) {
   answer = raw_request("GET / HTTP/1.1\r\nHost: evil.example:" + port + "\r\nConnection: close\r\n\r\n", false, 10);
   EXPECT_THAT(answer, ::testing::StartsWith("HTTP/1.1 403")) << answer;
   EXPECT_THAT(answer, HasSubstr("Host 'evil.example:" + port + "' is not this API's address"));
+  // A page on http://localhost (port 80) is another origin.
+  answer = raw_request("POST /stop/b HTTP/1.1\r\nHost: 127.0.0.1:" + port +
+                           "\r\nOrigin: http://localhost\r\nConnection: close\r\n\r\n", false, 10);
+  EXPECT_THAT(answer, ::testing::StartsWith("HTTP/1.1 403")) << answer;
+  EXPECT_TRUE(manager_->processes()[1].running);
+  // A name that merely starts with 127.
+  answer = raw_request("GET / HTTP/1.1\r\nHost: 127.0.0.1.evil.example:" + port + "\r\nConnection: close\r\n\r\n",
+                       false, 10);
+  EXPECT_THAT(answer, ::testing::StartsWith("HTTP/1.1 403")) << answer;
   // HTTP/1.1 without a Host at all.
   answer = raw_request("GET / HTTP/1.1\r\nConnection: close\r\n\r\n", false, 10);
   EXPECT_THAT(answer, ::testing::StartsWith("HTTP/1.1 403")) << answer;
@@ -653,6 +667,17 @@ TEST_F(Api, AKeepAliveConnectionServesManyRequests) {
                                  "GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
                                  /*until_headers=*/false, 10);
   EXPECT_EQ(std::count(both.begin(), both.end(), '{'), 2) << both;
+}
+
+}  // namespace
+
+namespace {
+
+TEST_F(Api, ANameWithASlashIsOneId) {
+  start(R"("web/main": {"executable": "sleep", "arguments": ["1000"]})");
+  auto answer = call("GET", "/processes/web%2Fmain");
+  EXPECT_EQ(answer.first, 200) << answer.second.dump();
+  EXPECT_EQ(testutil::text(answer.second, {"process", "name"}), "web/main");
 }
 
 }  // namespace

@@ -23,6 +23,8 @@
 #ifndef PYMANAGER_HTTP_API_HPP
 #define PYMANAGER_HTTP_API_HPP
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 
 #include <cctype>
@@ -57,8 +59,21 @@ inline nlohmann::json process_to_json(const ProcessInfo& info) {
   return out;
 }
 
+/// `localhost`, an IPv4 address in 127.0.0.0/8, or ::1 (never a name that
+/// merely starts with "127.").
 inline bool is_loopback_host(const std::string& host) {
-  return host == "localhost" || host.rfind("127.", 0) == 0 || host == "::1";
+  if (host == "localhost") return true;
+  in_addr v4{};
+  if (::inet_pton(AF_INET, host.c_str(), &v4) == 1) return (ntohl(v4.s_addr) >> 24) == 127;
+  in6_addr v6{};
+  return ::inet_pton(AF_INET6, host.c_str(), &v6) == 1 && IN6_IS_ADDR_LOOPBACK(&v6);
+}
+
+/// An IPv4 or IPv6 address literal (no DNS name can be rebound to it).
+inline bool is_ip_literal(const std::string& host) {
+  in_addr v4{};
+  in6_addr v6{};
+  return ::inet_pton(AF_INET, host.c_str(), &v4) == 1 || ::inet_pton(AF_INET6, host.c_str(), &v6) == 1;
 }
 
 struct HttpApiOptions {
@@ -160,51 +175,70 @@ class HttpApi {
     return text;
   }
 
-  /// True when `host_port` (`name`, `name:port`, `[v6]` or `[v6]:port`, as
-  /// in Host and Origin) names this API: the bound address, or a loopback
-  /// name when it is bound to loopback; a port, if given, must be ours.
-  bool names_this_api(const std::string& host_port) const {
-    std::string name = lower(host_port);
-    std::string port;
+  /// Splits `name:port`, `name`, `[v6]:port` or `[v6]` (as in Host and
+  /// Origin) into the name, lower-cased, and the port ("" when left out);
+  /// false when malformed.
+  static bool split_host_port(const std::string& host_port, std::string& name, std::string& port) {
+    name = lower(host_port);
+    port.clear();
     if (!name.empty() && name[0] == '[') {
       auto close = name.find(']');
-      if (close == std::string::npos) return false;
-      port = name.substr(close + 1);
+      if (close == std::string::npos || (close + 1 < name.size() && name[close + 1] != ':')) return false;
+      port = close + 1 < name.size() ? name.substr(close + 2) : "";
       name = name.substr(1, close - 1);
-    } else if (auto colon = name.rfind(':'); colon != std::string::npos) {
-      port = name.substr(colon);
+    } else if (auto colon = name.find(':'); colon != std::string::npos) {
+      port = name.substr(colon + 1);
       name = name.substr(0, colon);
     }
-    if (!port.empty() && port != ":" + std::to_string(port_)) return false;
+    return !name.empty();
+  }
+
+  /// True when `name` is this API's bound address, or a loopback name when
+  /// it is bound to loopback.
+  bool names_this_api(const std::string& name) const {
     if (name == lower(options_.host)) return true;
     return is_loopback_host(options_.host) && (name == "localhost" || name == "127.0.0.1" || name == "::1");
   }
 
-  /// Host must name this API (DNS rebinding sends another name); a browser's
-  /// Origin, if any, must be this API itself (any web page can otherwise
-  /// send a "simple" POST). Tools such as curl send no Origin.
+  /// Host must name this API: DNS rebinding sends the attacker's name. A
+  /// port may be left out (tools do); given, it must be ours. Bound to an
+  /// address that is not loopback (the user chose to expose the API, and was
+  /// warned), the names others use for this machine are not known, so any
+  /// IP address literal is served, but no DNS name. A browser's Origin, if
+  /// any, must be this API itself, port included (a page on
+  /// http://localhost, port 80, is another origin): any web page can
+  /// otherwise send a "simple" POST. Tools such as curl send no Origin.
   std::optional<std::string> refuse_foreign(const detail::HttpRequest& request) const {
+    const bool loopback = is_loopback_host(options_.host);
+    const std::string ours = std::to_string(port_);
     if (request.minor_version >= 1 || request.has_header("host")) {
       const std::string host = request.header("host");
-      if (!names_this_api(host)) return "Host '" + host + "' is not this API's address (" + url() + ")";
+      std::string name, port;
+      const bool ok = split_host_port(host, name, port) && (port.empty() || port == ours) &&
+                      (loopback ? names_this_api(name) : is_ip_literal(name));
+      if (!ok) return "Host '" + host + "' is not this API's address (" + url() + ")";
     }
     if (request.has_header("origin")) {
       const std::string origin = request.header("origin");
       const std::string prefix = "http://";
-      if (lower(origin).compare(0, prefix.size(), prefix) != 0 || !names_this_api(origin.substr(prefix.size()))) {
-        return "requests from the web page at '" + origin + "' are not accepted";
-      }
+      std::string name, port;
+      const bool same = lower(origin).compare(0, prefix.size(), prefix) == 0 &&
+                        split_host_port(origin.substr(prefix.size()), name, port) && port == ours &&
+                        (loopback ? names_this_api(name) : is_ip_literal(name));
+      if (!same) return "requests from the web page at '" + origin + "' are not accepted";
     }
     return std::nullopt;
   }
 
+  /// The segments of the raw path, each percent-decoded (so that a name
+  /// with a '/' in it, sent as %2F, stays one segment).
   static std::vector<std::string> split_path(const std::string& path) {
     std::vector<std::string> parts;
     std::size_t start = 1;
     while (start <= path.size()) {
       std::size_t slash = path.find('/', start);
       std::string part = path.substr(start, slash == std::string::npos ? std::string::npos : slash - start);
-      if (!part.empty()) parts.push_back(part);
+      if (!part.empty()) parts.push_back(detail::percent_decode(part));
       if (slash == std::string::npos) break;
       start = slash + 1;
     }
@@ -231,7 +265,7 @@ class HttpApi {
       denied.headers.emplace_back("WWW-Authenticate", "Bearer");
       return denied;
     }
-    auto parts = split_path(req.path);
+    auto parts = split_path(req.raw_path);
     const std::string& method = req.method;
     auto allow = [&](const char* methods) {
       Response wrong = error_response(405, "method " + method + " not allowed on " + req.path + " (allowed: " + methods + ")");

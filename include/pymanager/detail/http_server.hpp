@@ -41,9 +41,12 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <utility>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "pymanager/detail/fd.hpp"
 #include "pymanager/error.hpp"
@@ -56,10 +59,10 @@ namespace detail {
 
 /// Bounds on what a client may send and how long it may take.
 struct HttpLimits {
-  std::size_t max_request_line = 8 * 1024;   ///< longer: 414
-  std::size_t max_header_bytes = 16 * 1024;  ///< all header lines together; more: 431
+  std::size_t max_request_line = std::size_t{8} * 1024; ///< longer: 414
+  std::size_t max_header_bytes = std::size_t{16} * 1024;  ///< all header lines together; more: 431
   std::size_t max_headers = 64;              ///< more header lines: 431
-  std::size_t max_body = 64 * 1024;          ///< a larger Content-Length: 413
+  std::size_t max_body = std::size_t{64} * 1024;        ///< a larger Content-Length: 413
   std::size_t max_connections = 256;         ///< more wait in the kernel's backlog
   std::size_t max_workers = 32;              ///< threads that run handlers
   std::chrono::milliseconds idle_timeout{2000};     ///< an open connection with no request under way
@@ -70,7 +73,8 @@ struct HttpLimits {
 struct HttpRequest {
   std::string method;
   std::string target;  ///< as sent: path and query
-  std::string path;    ///< percent-decoded (may hold any bytes)
+  std::string raw_path;  ///< as sent, before '?' (split it before decoding: %2F is not a separator)
+  std::string path;      ///< percent-decoded (may hold any bytes)
   std::string query;   ///< raw, after '?'
   int minor_version = 1;
   std::vector<std::pair<std::string, std::string>> headers;  ///< names lower-cased
@@ -107,6 +111,10 @@ inline std::string percent_decode(const std::string& text);
 
 inline const char* http_reason(int status);
 
+/// `{"success": false, "error": {"message": M}}`, with bytes that are not
+/// UTF-8 replaced (a message may quote what the client sent).
+inline HttpResponse error_response(int status, const std::string& message);
+
 /// Serves one handler on host:port until stop().
 class HttpServer {
  public:
@@ -134,12 +142,17 @@ class HttpServer {
     std::string in;
     std::string out;
     std::size_t out_sent = 0;
-    enum State { reading, handling, writing } state = reading;
+    /// draining: a refusal was sent and the write side shut; what the client
+    /// still sends is read and dropped for a while, so that it gets the
+    /// answer rather than a reset.
+    enum State { reading, handling, writing, draining } state = reading;
     bool close_after_write = false;
     Clock::time_point deadline{};
     bool request_started = false;
     bool close_requested = false;  ///< the request being handled asked for Connection: close
     bool parse_pending = false;    ///< a pipelined request may be waiting in `in`
+    bool broken = false;           ///< the client hung up while its request was handled
+    std::size_t drained = 0;       ///< bytes read and dropped after a refusal
   };
 
   void event_loop();
@@ -148,8 +161,9 @@ class HttpServer {
   void try_parse(std::uint64_t id, Connection& c);
   void respond(Connection& c, const HttpResponse& response, bool close);
   bool flush(Connection& c);
+  bool drain(Connection& c);
   void worker_loop();
-  void dispatch(std::uint64_t id, HttpRequest request);
+  bool dispatch(std::uint64_t id, HttpRequest request);
   void wake() const;
 
   HttpLimits limits_;
@@ -160,6 +174,7 @@ class HttpServer {
   std::thread loop_;
   std::map<std::uint64_t, Connection> connections_;  ///< the event thread's own
   std::uint64_t next_id_ = 1;
+  Clock::time_point accept_paused_until_{};  ///< out of descriptors: accept again after this
 
   // Shared between the event thread and the workers.
   std::mutex mutex_;
@@ -222,6 +237,11 @@ inline std::string percent_decode(const std::string& text) {
   return out;
 }
 
+inline HttpResponse error_response(int status, const std::string& message) {
+  nlohmann::json body = {{"success", false}, {"error", {{"message", message}}}};
+  return HttpResponse{status, body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)};
+}
+
 inline const char* http_reason(int status) {
   switch (status) {
     case 200: return "OK";
@@ -254,6 +274,7 @@ inline HttpParse parse_http_request(const std::string& data, const HttpLimits& l
   // Blank lines before a request are allowed (RFC 9112, 2.2).
   std::size_t start = 0;
   while (start + 1 < data.size() && data[start] == '\r' && data[start + 1] == '\n') start += 2;
+  if (start > limits.max_request_line) return fail(400, "too many empty lines before the request line");
   std::size_t line_end = data.find("\r\n", start);
   if (line_end == std::string::npos) {
     if (data.size() - start > limits.max_request_line) {
@@ -288,7 +309,8 @@ inline HttpParse parse_http_request(const std::string& data, const HttpLimits& l
     return fail(400, "malformed request line");
   }
   std::size_t question = out.target.find('?');
-  out.path = percent_decode(out.target.substr(0, question));
+  out.raw_path = out.target.substr(0, question);
+  out.path = percent_decode(out.raw_path);
   if (question != std::string::npos) out.query = out.target.substr(question + 1);
 
   // Header lines, each checked as soon as it is whole; an unfinished one
@@ -459,9 +481,9 @@ inline void HttpServer::event_loop() {
       if (c.state != Connection::handling && now >= c.deadline) {
         if (c.state == Connection::reading && c.request_started) {
           // A request begun and not finished in time: one answer, then close.
-          HttpResponse timeout{408, "{\"success\":false,\"error\":{\"message\":\"request not completed in time\"}}"};
-          respond(c, timeout, true);
+          respond(c, error_response(408, "request not completed in time"), true);
           if (c.fd) {
+            next = std::min(next, c.deadline);
             ++it;
             continue;
           }
@@ -476,12 +498,17 @@ inline void HttpServer::event_loop() {
     ids.clear();
     fds.push_back({wake_.get(), POLLIN, 0});
     ids.push_back(0);
-    const bool accepting = connections_.size() < limits_.max_connections;
+    const bool paused = now < accept_paused_until_;
+    if (paused) next = std::min(next, accept_paused_until_);
+    const bool accepting = connections_.size() < limits_.max_connections && !paused;
     fds.push_back({accepting ? listener_.get() : -1, POLLIN, 0});
     ids.push_back(0);
     for (auto& [id, c] : connections_) {
-      short events = c.state == Connection::reading ? POLLIN : c.state == Connection::writing ? POLLOUT : 0;
-      fds.push_back({c.fd.get(), events, 0});
+      const bool wants_input = c.state == Connection::reading || c.state == Connection::draining;
+      const short events = static_cast<short>(wants_input ? POLLIN : c.state == Connection::writing ? POLLOUT : 0);
+      // A connection whose client hung up while it is handled would report
+      // POLLHUP on every pass: it leaves the poll set until its answer.
+      fds.push_back({c.broken ? -1 : c.fd.get(), events, 0});
       ids.push_back(id);
     }
     int timeout = -1;
@@ -506,10 +533,13 @@ inline void HttpServer::event_loop() {
       if (c.state == Connection::reading && (fds[k].revents & (POLLIN | POLLHUP | POLLERR))) {
         on_readable(ids[k], c);
         keep = static_cast<bool>(c.fd);
+      } else if (c.state == Connection::draining) {
+        keep = drain(c);
       } else if (c.state == Connection::writing && (fds[k].revents & (POLLOUT | POLLHUP | POLLERR))) {
         keep = flush(c);
       } else if (fds[k].revents & (POLLHUP | POLLERR)) {
         // While handling, a client that went away is dropped once the answer comes.
+        c.broken = true;
         keep = c.state == Connection::handling;
       }
       if (!keep) connections_.erase(it);
@@ -521,7 +551,14 @@ inline void HttpServer::accept_connections() {
   // A bounded batch: the other connections get their turn.
   for (int n = 0; n < 64 && connections_.size() < limits_.max_connections; ++n) {
     UniqueFd fd(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
-    if (!fd) return;
+    if (!fd) {
+      // Out of descriptors: the listener stays readable, so pause instead of
+      // spinning; the connection waits in the backlog.
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        accept_paused_until_ = Clock::now() + std::chrono::milliseconds(100);
+      }
+      return;
+    }
     int yes = 1;
     ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &yes, sizeof yes);
     Connection c;
@@ -542,11 +579,16 @@ inline void HttpServer::on_readable(std::uint64_t id, Connection& c) {
       return;
     }
     if (n < 0) return;
+    c.in.append(buffer, static_cast<std::size_t>(n));
     if (!c.request_started) {
+      // Empty lines between requests (RFC 9112, 2.2) do not start one.
+      std::size_t blank = 0;
+      while (blank + 1 < c.in.size() && c.in[blank] == '\r' && c.in[blank + 1] == '\n') blank += 2;
+      c.in.erase(0, blank);
+      if (c.in.empty()) continue;
       c.request_started = true;
       c.deadline = Clock::now() + limits_.request_timeout;
     }
-    c.in.append(buffer, static_cast<std::size_t>(n));
     try_parse(id, c);
   }
 }
@@ -557,12 +599,8 @@ inline void HttpServer::try_parse(std::uint64_t id, Connection& c) {
   HttpParse parse = parse_http_request(c.in, limits_, request);
   if (parse.outcome == HttpParse::incomplete) return;
   if (parse.outcome == HttpParse::failed) {
-    std::string message;
-    for (char ch : parse.message) message += (ch == '"' || ch == '\\') ? '?' : ch;
-    HttpResponse error{parse.status, "{\"success\":false,\"error\":{\"message\":\"" + message + "\"}}"};
     c.in.clear();
-    respond(c, error, true);
-    if (!flush(c)) c.fd.reset();
+    respond(c, error_response(parse.status, parse.message), true);
     return;
   }
   c.in.erase(0, parse.consumed);
@@ -571,16 +609,43 @@ inline void HttpServer::try_parse(std::uint64_t id, Connection& c) {
   c.close_requested = request.minor_version == 0 ? connection.find("keep-alive") == std::string::npos
                                                  : connection.find("close") != std::string::npos;
   c.state = Connection::handling;
-  dispatch(id, std::move(request));
+  if (!dispatch(id, std::move(request))) {
+    respond(c, error_response(503, "no thread to serve the request"), true);
+  }
 }
 
-inline void HttpServer::dispatch(std::uint64_t id, HttpRequest request) {
+inline bool HttpServer::dispatch(std::uint64_t id, HttpRequest request) {
   std::lock_guard<std::mutex> lock(mutex_);
   work_.emplace_back(id, std::move(request));
-  if (idle_workers_ > 0) {
-    work_ready_.notify_one();
-  } else if (workers_.size() < limits_.max_workers) {
-    workers_.emplace_back([this] { worker_loop(); });
+  // A worker that was notified counts as idle until it takes its item, so
+  // compare the queue with the idle workers, not "any idle worker".
+  if (work_.size() > idle_workers_ && workers_.size() < limits_.max_workers) {
+    try {
+      workers_.emplace_back([this] { worker_loop(); });
+    } catch (const std::system_error&) {
+      // No thread to be had (RLIMIT_NPROC, memory): the workers there are
+      // will take it; with none, the request is refused.
+      if (workers_.empty()) {
+        work_.pop_back();
+        return false;
+      }
+    }
+  }
+  work_ready_.notify_one();
+  return true;
+}
+
+/// Reads and drops what a refused client still sends: at most 256 KiB or
+/// until the deadline (the event loop's), then the connection is closed.
+inline bool HttpServer::drain(Connection& c) {
+  char buffer[16384];
+  for (;;) {
+    ssize_t n = ::recv(c.fd.get(), buffer, sizeof buffer, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return true;
+    if (n <= 0) return false;
+    c.drained += static_cast<std::size_t>(n);
+    if (c.drained > std::size_t{256} * 1024) return false;
   }
 }
 
@@ -598,7 +663,7 @@ inline void HttpServer::worker_loop() {
     try {
       response = handler_(item.second);
     } catch (const std::exception&) {
-      response = HttpResponse{500, "{\"success\":false,\"error\":{\"message\":\"internal error\"}}"};
+      response = error_response(500, "internal error");
     }
     lock.lock();
     done_.emplace_back(item.first, std::move(response));
@@ -633,7 +698,12 @@ inline bool HttpServer::flush(Connection& c) {
   }
   if (c.close_after_write) {
     ::shutdown(c.fd.get(), SHUT_WR);
-    return false;
+    // Closing now, with what the client still sends unread, would reset the
+    // connection and lose the answer: read and drop for a little while.
+    c.state = Connection::draining;
+    c.drained = 0;
+    c.deadline = Clock::now() + std::chrono::milliseconds(500);
+    return true;
   }
   c.out.clear();
   c.out_sent = 0;
