@@ -147,12 +147,20 @@ inline void ensure_lock_directory(const std::string& dir) {
   if (::lstat(dir.c_str(), &st) != 0) throw_system_error("port lock folder " + dir);
   if (S_ISLNK(st.st_mode)) throw Error(ErrorKind::system, "port lock folder " + dir + ": is a symbolic link, not a folder");
   if (!S_ISDIR(st.st_mode)) throw Error(ErrorKind::system, "port lock folder " + dir + ": exists and is not a folder");
+  char mode[8];
+  std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
   if (::access(dir.c_str(), W_OK | X_OK) != 0) {
-    char mode[8];
-    std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
     throw Error(ErrorKind::system, "port lock folder " + dir + " belongs to uid " + std::to_string(st.st_uid) +
                                        " (mode " + mode + ") and you cannot create locks in it: " +
                                        "set PYMANAGER_PORT_DIR to a folder of yours");
+  }
+  // Shared with other users, it must be sticky (as /tmp), or anyone could
+  // remove the locks we hold and hand our ports out twice.
+  const bool ours = st.st_uid == ::geteuid() || st.st_uid == 0;
+  if (!ours && (st.st_mode & (S_IWGRP | S_IWOTH)) != 0 && (st.st_mode & S_ISVTX) == 0) {
+    throw Error(ErrorKind::system, "port lock folder " + dir + " belongs to uid " + std::to_string(st.st_uid) +
+                                       " and is writable by others without the sticky bit (mode " + mode +
+                                       "): its locks cannot be trusted; set PYMANAGER_PORT_DIR to a folder of yours");
   }
 }
 
@@ -240,6 +248,8 @@ class PortReservation {
       struct stat held {};
       if (::fstat(fd.get(), &held) != 0) return skip(": fstat");
       if (!S_ISREG(held.st_mode)) return skip(": not a regular file", false);
+      // A hard link planted to a file of ours would be truncated below.
+      if (held.st_nlink != 1) return skip(": has other hard links", false);
       if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
         if (errno == EWOULDBLOCK) return std::nullopt;
         return skip(": flock");
