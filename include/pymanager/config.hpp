@@ -290,7 +290,7 @@ inline Config parse_config(const nlohmann::ordered_json& json, const VerifierReg
 }
 
 /// The largest config file read (a file of 100,000 processes is about 17 MiB).
-constexpr std::size_t kMaxConfigFileBytes = 64 * 1024 * 1024;
+constexpr std::size_t kMaxConfigFileBytes = std::size_t{64} * 1024 * 1024;
 
 /// Reads a config file as JSON, keeping the order of its keys. Only a
 /// regular file of at most kMaxConfigFileBytes is read (never a FIFO, a
@@ -312,7 +312,7 @@ inline nlohmann::ordered_json read_config_json(const std::string& path) {
   if (::fstat(fd.get(), &st) != 0) throw unreadable(std::strerror(errno));
   if (S_ISDIR(st.st_mode)) throw unreadable("is a directory");
   if (!S_ISREG(st.st_mode)) throw unreadable("not a regular file");
-  const std::string limit = std::to_string(kMaxConfigFileBytes / (1024 * 1024)) + " MiB";
+  const std::string limit = std::to_string(kMaxConfigFileBytes / (std::size_t{1024} * 1024)) + " MiB";
   if (static_cast<unsigned long long>(st.st_size) > kMaxConfigFileBytes) {
     throw unreadable("larger than " + limit + " (" + std::to_string(st.st_size) + " bytes)");
   }

@@ -822,7 +822,7 @@ class Manager {
             " (output is lost until writes succeed again; this is said once)");
       }
     }
-    constexpr std::size_t kMaxLine = 64 * 1024;
+    constexpr std::size_t kMaxLine = std::size_t{64} * 1024;
     std::size_t start = 0;
     for (std::size_t k = 0; k < size; ++k) {
       if (data[k] != '\n') continue;

@@ -87,8 +87,8 @@ struct KeeperHeader {
 
 /// The largest spawn request (path, argv, envp, working directory). A
 /// SOCK_SEQPACKET message must fit the socket's send buffer.
-constexpr std::size_t kKeeperMaxMessage = 192 * 1024;
-constexpr std::size_t kKeeperMaxStrings = 16 * 1024;
+constexpr std::size_t kKeeperMaxMessage = std::size_t{192} * 1024;
+constexpr std::size_t kKeeperMaxStrings = std::size_t{16} * 1024;
 
 /// Everything the keeper uses, allocated before the fork.
 struct KeeperMemory {
@@ -255,11 +255,13 @@ inline void keeper_reap(KeeperMemory& m, int sock) noexcept {
   // Dies with the keeper even if the keeper is SIGKILLed.
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (::getppid() != keeper_pid) ::_exit(127);
-  int null_fd = ::open("/dev/null", O_RDONLY);
+  int null_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);  // dup2 below gives fd 0 without it
   if (null_fd < 0) fail(SpawnStage::stdin_open);
   if (null_fd != 0) {
     ::dup2(null_fd, 0);
     ::close(null_fd);
+  } else {
+    ::fcntl(0, F_SETFD, 0);  // it is stdin itself: keep it across exec
   }
   ::dup2(out_fd, 1);
   ::dup2(out_fd, 2);
@@ -403,7 +405,7 @@ inline void keeper_spawn(KeeperMemory& m, int sock, const KeeperHeader& header, 
     ::close(sock);
     sock = moved;
   }
-  int null_fd = ::open("/dev/null", O_RDWR);
+  int null_fd = ::open("/dev/null", O_RDWR | O_CLOEXEC);  // dup2 below gives fds 0 and 1 without it
   if (null_fd >= 0) {
     ::dup2(null_fd, 0);
     ::dup2(null_fd, 1);
