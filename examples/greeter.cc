@@ -33,16 +33,19 @@ int main(int argc, char** argv) {
   httplib::Server server;
   server.Get("/", [&](const httplib::Request&, httplib::Response& res) { res.set_content(greeting + "\n", "text/plain"); });
   server.Get("/health", [](const httplib::Request&, httplib::Response& res) { res.set_content("ok\n", "text/plain"); });
+  if (!server.bind_to_port("127.0.0.1", port)) {
+    std::cerr << "greeter: cannot listen on 127.0.0.1:" << port << std::endl;
+    return 1;
+  }
+  // Started after the bind: stop() must not race the creation of the
+  // listening socket (ThreadSanitizer saw that). A SIGTERM before this
+  // point waits, blocked, for sigwait.
   std::thread stopper([&] {
     int sig;
     sigwait(&term, &sig);
     std::cout << "greeter: SIGTERM, stopping" << std::endl;
     server.stop();
   });
-  if (!server.bind_to_port("127.0.0.1", port)) {
-    std::cerr << "greeter: cannot listen on 127.0.0.1:" << port << std::endl;
-    std::exit(1);
-  }
   std::cout << "greeter: listening on http://127.0.0.1:" << port << std::endl;
   server.listen_after_bind();
   stopper.join();
