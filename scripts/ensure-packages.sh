@@ -6,6 +6,9 @@
 set -euo pipefail
 
 packages=(bazel-bootstrap nlohmann-json3-dev libcpp-httplib-dev libgtest-dev libgmock-dev g++)
+# Callers that need more (the fuzzers: clang) name them here.
+read -r -a extra <<< "${PYMANAGER_EXTRA_PACKAGES:-}"
+packages+=("${extra[@]}")
 missing=()
 for package in "${packages[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
