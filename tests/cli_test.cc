@@ -661,7 +661,7 @@ TEST_F(Ctl, FindsTheRunningManagerByItsStateFileAndDrivesIt) {
   EXPECT_THAT(missing.err, HasSubstr("no process with id 9 (HTTP 404)"));
 
   auto down = ctl({"-f", "cfg.json", "shutdown"});
-  EXPECT_EQ(down.exit_code, 0);
+  EXPECT_EQ(down.exit_code, 0) << down.err;
   EXPECT_EQ(down.out, "shutdown requested\n");
   EXPECT_EQ(manager->wait(15000ms).exit_code, 0);
   expect_all_gone("pids.txt");

@@ -131,8 +131,10 @@ class HttpServer {
   int port() const { return port_; }
   /// Starts the event thread.
   void start();
-  /// Closes every connection, waits for running handlers and joins every
-  /// thread. Idempotent.
+  /// Stops accepting and reading, sends the answers of requests under way
+  /// (for at most 2 s: a DELETE / that ends the manager still gets its
+  /// answer), then closes every connection, waits for running handlers and
+  /// joins every thread. Idempotent.
   void stop();
 
  private:
@@ -179,7 +181,9 @@ class HttpServer {
   // Shared between the event thread and the workers.
   std::mutex mutex_;
   std::condition_variable work_ready_;
-  bool stopping_ = false;
+  bool stopping_ = false;         ///< workers: return
+  bool stop_requested_ = false;   ///< event loop: finish the answers under way, then return
+  Clock::time_point stop_deadline_{};
   std::deque<std::pair<std::uint64_t, HttpRequest>> work_;
   std::deque<std::pair<std::uint64_t, HttpResponse>> done_;
   std::vector<std::thread> workers_;
@@ -423,16 +427,18 @@ inline void HttpServer::stop() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (stopping_ && !loop_.joinable() && workers_.empty()) return;
-    stopping_ = true;
+    stop_requested_ = true;
+    stop_deadline_ = Clock::now() + std::chrono::seconds(2);
   }
-  work_ready_.notify_all();
   if (wake_) wake();
   if (loop_.joinable()) loop_.join();
   std::vector<std::thread> workers;
   {
     std::lock_guard<std::mutex> lock(mutex_);
+    stopping_ = true;
     workers.swap(workers_);
   }
+  work_ready_.notify_all();
   for (auto& worker : workers) worker.join();
   connections_.clear();
   listener_.reset();
@@ -448,9 +454,12 @@ inline void HttpServer::event_loop() {
   std::vector<struct pollfd> fds;
   std::vector<std::uint64_t> ids;
   for (;;) {
+    bool stop_requested;
+    Clock::time_point stop_deadline;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      if (stopping_) return;
+      stop_requested = stop_requested_;
+      stop_deadline = stop_deadline_;
     }
     // Answers from the workers.
     std::deque<std::pair<std::uint64_t, HttpResponse>> done;
@@ -473,9 +482,18 @@ inline void HttpServer::event_loop() {
       }
       it = c.fd ? std::next(it) : connections_.erase(it);
     }
-    // Expired deadlines; the next one bounds the wait.
     const auto now = Clock::now();
     auto next = Clock::time_point::max();
+    if (stop_requested) {
+      // Only the answers under way are finished; nothing new is read.
+      for (auto it = connections_.begin(); it != connections_.end();) {
+        const auto state = it->second.state;
+        it = state == Connection::handling || state == Connection::writing ? std::next(it) : connections_.erase(it);
+      }
+      if (connections_.empty() || now >= stop_deadline) return;
+      next = stop_deadline;
+    }
+    // Expired deadlines; the next one bounds the wait.
     for (auto it = connections_.begin(); it != connections_.end();) {
       Connection& c = it->second;
       if (c.state != Connection::handling && now >= c.deadline) {
@@ -500,7 +518,7 @@ inline void HttpServer::event_loop() {
     ids.push_back(0);
     const bool paused = now < accept_paused_until_;
     if (paused) next = std::min(next, accept_paused_until_);
-    const bool accepting = connections_.size() < limits_.max_connections && !paused;
+    const bool accepting = connections_.size() < limits_.max_connections && !paused && !stop_requested;
     fds.push_back({accepting ? listener_.get() : -1, POLLIN, 0});
     ids.push_back(0);
     for (auto& [id, c] : connections_) {
