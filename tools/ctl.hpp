@@ -23,6 +23,7 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <httplib.h>
@@ -195,13 +196,24 @@ inline std::optional<std::pair<std::string, int>> http_host_port(const std::stri
 }
 
 /// The inodes of the TCP sockets that listen on `port` (IPv4 and IPv6),
-/// from /proc/net/tcp{,6}.
+/// from /proc/net/tcp{,6}. Each table is taken in large reads: the kernel
+/// resumes a table between reads by position, and sockets opened or closed
+/// meanwhile can make it skip a line (the caller looks twice).
 inline std::vector<std::string> listening_socket_inodes(int port) {
   std::vector<std::string> inodes;
   char wanted[8];
   std::snprintf(wanted, sizeof wanted, "%04X", static_cast<unsigned>(port));
   for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
-    std::ifstream in(table);
+    pymanager::detail::UniqueFd fd(::open(table, O_RDONLY | O_CLOEXEC));
+    if (!fd) continue;
+    std::string text;
+    std::vector<char> chunk(1 << 20);
+    for (int reads = 0; reads < 64; ++reads) {
+      ssize_t n = pymanager::detail::retry_eintr([&] { return ::read(fd.get(), chunk.data(), chunk.size()); });
+      if (n <= 0) break;
+      text.append(chunk.data(), static_cast<std::size_t>(n));
+    }
+    std::istringstream in(text);
     std::string line;
     std::getline(in, line);  // the header
     while (std::getline(in, line)) {
@@ -259,7 +271,12 @@ inline CtlTarget find_manager(const std::string& config_path, const std::optiona
     throw CtlFailure(kCtlUnreachable, "state file " + path + " names " + target.url +
                                           ", which is not a loopback address: not trusted (pass --url)");
   }
-  if (!process_holds_socket(pid, listening_socket_inodes(host_port->second))) {
+  bool listens = false;
+  for (int attempt = 0; attempt < 5 && !listens; ++attempt) {
+    if (attempt > 0) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    listens = process_holds_socket(pid, listening_socket_inodes(host_port->second));
+  }
+  if (!listens) {
     throw CtlFailure(kCtlUnreachable, "state file " + path + ": pid " + std::to_string(pid) + " does not listen on " +
                                           target.url + ": not trusted (a stale file whose pid was reused?)");
   }
