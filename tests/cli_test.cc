@@ -756,6 +756,24 @@ TEST_F(Ctl, AStateFileItCannotTrustIsRefusedAndGetsNoToken) {
   }
 }
 
+// The state file is never written through a link another user planted.
+TEST_F(Ctl, TheStateFileIsNeverWrittenThroughAPlantedLink) {
+  const std::string victim = dir_ + "/victim.txt";
+  testutil::write_file(victim, "precious\n");
+  ASSERT_EQ(::symlink(victim.c_str(), (dir_ + "/cfg.json.pymanager-state").c_str()), 0);
+  auto manager = start_manager(sleeper("db"), R"({"enabled": true, "port": 0})");
+  EXPECT_EQ(testutil::read_file(victim), "precious\n") << "the state was written through the link";
+  struct stat st {};
+  ASSERT_EQ(::lstat((dir_ + "/cfg.json.pymanager-state").c_str(), &st), 0);
+  EXPECT_TRUE(S_ISREG(st.st_mode)) << "the link was not replaced by the state file";
+  EXPECT_EQ(st.st_mode & 07777, 0644u);
+  auto status = ctl({"-f", "cfg.json", "status"});
+  EXPECT_EQ(status.out, "running\n") << status.err;
+  manager->signal(SIGTERM);
+  EXPECT_EQ(manager->wait(15000ms).exit_code, 0);
+  EXPECT_EQ(testutil::read_file(victim), "precious\n");
+}
+
 TEST_F(Ctl, AnAnswerOfAnUnexpectedShapeIsReportedNotACrash) {
   // Something that answers JSON on `GET /`, but not pymanager's.
   int port = testutil::free_port();
