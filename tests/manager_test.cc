@@ -6,7 +6,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <future>
@@ -485,50 +484,6 @@ TEST(Manager, ExitsAreLoggedOnlyWithProcessExitOrVerbose) {
       EXPECT_THAT(log, HasSubstr("47")) << log;
     }
   }
-}
-
-// `pymanager | sleep 600`: nobody reads the output. Before, the event thread
-// blocked in its write to the full pipe, and exits, SIGKILL deadlines and
-// the shutdown all waited for it.
-TEST(Manager, AnOutputThatNobodyReadsDelaysNothingAndLosesNoRedirectedLine) {
-  std::string dir = testutil::make_temp_dir();
-  int stuck[2];
-  ASSERT_EQ(::pipe2(stuck, O_CLOEXEC), 0);  // blocking, like a shell's pipe
-  auto config = parse(config_text(R"(
-    "chatty": {"executable": "sh", "arguments": ["-c", "seq 1 200000; echo chatty done; exec sleep 1000"]},
-    "logged": {"executable": "sh", "arguments": ["-c", "seq 1 200000; exec sleep 1000"],
-               "options": {"redirect_output": "logged.txt"}}
-  )", R"("keep-alive": true, "graceful-time": 5)"), dir);
-  pymanager::ManagerOptions options;
-  options.output_fd = stuck[1];
-  options.color = false;
-  options.log = [](const std::string&) {};
-  {
-    pymanager::Manager manager(config, options);
-    manager.start();
-    // Far more than the pipe holds has been printed, and read by the manager.
-    ASSERT_TRUE(wait_until([&] { return manager.output_tail(0, 1) == std::vector<std::string>{"chatty done"}; }, 60000ms));
-    ASSERT_TRUE(wait_until([&] { return testutil::read_file(dir + "/logged.txt").size() >= 1288895u; }, 60000ms));
-    // When the reader finally reads, it is told how much it missed.
-    std::string shown;
-    ::fcntl(stuck[0], F_SETFL, O_NONBLOCK);
-    EXPECT_TRUE(wait_until([&] {
-      char buffer[65536];
-      for (ssize_t n; (n = ::read(stuck[0], buffer, sizeof buffer)) > 0;) shown.append(buffer, static_cast<std::size_t>(n));
-      return shown.find(" lines not shown: the output was not being read\n") != std::string::npos;
-    }, 30000ms)) << shown.size() << " bytes read";
-    EXPECT_THAT(shown, HasSubstr("chatty | 1\n"));
-    // The shutdown needs nothing from the reader.
-    manager.shutdown();
-    ASSERT_TRUE(manager.wait_finished(30s)) << "the shutdown waited for a reader that never comes";
-    EXPECT_FALSE(manager.processes()[0].killed) << "a SIGTERM was not delivered in time";
-  }
-  // Every redirected line is in its file.
-  std::string logged = testutil::read_file(dir + "/logged.txt");
-  EXPECT_EQ(std::count(logged.begin(), logged.end(), '\n'), 200000);
-  EXPECT_EQ(logged.substr(logged.size() - 7), "200000\n");
-  ::close(stuck[0]);
-  ::close(stuck[1]);
 }
 
 TEST(Manager, ADaemonThatLeftItsGroupIsKilledWhenTheManagerGoesAway) {

@@ -30,7 +30,6 @@
 #include "pymanager/config.hpp"
 #include "pymanager/detail/fd.hpp"
 #include "pymanager/detail/keeper.hpp"
-#include "pymanager/detail/output_writer.hpp"
 #include "pymanager/error.hpp"
 #include "pymanager/process.hpp"
 #include "pymanager/verifier.hpp"
@@ -55,10 +54,7 @@ inline const char* to_string(ManagerState state) {
 
 struct ManagerOptions {
   /// Where the children's output lines go (prefixed with the process name).
-  /// Default: standard output. Written by a thread of its own: a reader that
-  /// stalls never delays the manager; past 1 MiB of backlog, lines are
-  /// dropped and counted ("N lines not shown"). The tail, redirect_output
-  /// and on_exit lose nothing.
+  /// Default: standard output.
   int output_fd = STDOUT_FILENO;
   /// Color the name prefixes. Default: when `output_fd` is a terminal.
   std::optional<bool> color;
@@ -116,7 +112,6 @@ class Manager {
       options_.log = [](const std::string& message) { detail::write_all(STDERR_FILENO, "pymanager: " + message + "\n"); };
     }
     color_ = options_.color.value_or(::isatty(options_.output_fd) == 1);
-    output_ = std::make_unique<detail::OutputWriter>(options_.output_fd);
     for (std::size_t i = 0; i < config_.processes.size(); ++i) {
       auto proc = std::make_unique<Proc>();
       proc->spec = config_.processes[i];
@@ -865,8 +860,7 @@ class Manager {
     } else {
       out = padded + " | " + line + "\n";
     }
-    // Queued for the writer thread: a reader that stalls delays nothing here.
-    output_->write(std::move(out));
+    detail::write_all(options_.output_fd, out);
   }
 
   Config config_;
@@ -875,7 +869,6 @@ class Manager {
   std::vector<std::unique_ptr<Proc>> procs_;
   std::size_t name_width_ = 0;
   bool color_ = false;
-  std::unique_ptr<detail::OutputWriter> output_;  ///< the children's prefixed lines, to output_fd
   detail::UniqueFd wake_;
 
   mutable std::mutex mutex_;
