@@ -187,127 +187,46 @@ ConfigSource ConfigSource::config(Config config, std::shared_ptr<PortAllocator> 
   return source;
 }
 
-// -------------------------------------------------------------- OutputSink
+// ---------------------------------------------------------- ProcessLogFiles
 
 namespace {
 
-/// Takes the Manager's prefixed output lines ("web | ...") from a pipe,
-/// writes each process's lines to its own file, and echoes them. The
-/// Manager writes the lines and the exit markers from its event thread, so
-/// they arrive in the order things happened.
-class OutputSink {
+/// Each process's full output in a file of its own, with our notes in it
+/// ("[pymanager] pid N exited with ..."). A subscriber of the Manager's
+/// output events: the lines and the exit notes both arrive on the Manager's
+/// event thread, in the order things happened.
+class ProcessLogFiles {
  public:
-  OutputSink() = default;
-  OutputSink(const OutputSink&) = delete;
-  OutputSink& operator=(const OutputSink&) = delete;
-  ~OutputSink() { finish(); }
-
-  /// `names` in config order; `files[i]` empty: no file for that process.
-  void start(const std::vector<std::string>& names, const std::vector<std::string>& files, bool echo,
-             const std::function<void(const std::string&)>& log) {
-    pipe_ = detail::make_pipe();
-    ::fcntl(pipe_.read.get(), F_SETFL, O_NONBLOCK);
-    stop_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-    if (!stop_) throw_system_error("eventfd");
-    echo_ = echo;
-    std::size_t width = 0;
-    for (const auto& name : names) width = std::max(width, name.size());
-    prefixes_.clear();
+  /// `files[i]` empty: no file for process i.
+  void open(const std::vector<std::string>& names, const std::vector<std::string>& files,
+            const std::function<void(const std::string&)>& log) {
     files_.clear();
     for (std::size_t i = 0; i < names.size(); ++i) {
-      // The Manager pads every name to the longest one (uncolored).
-      prefixes_.push_back(names[i] + std::string(width - names[i].size(), ' ') + " | ");
       detail::UniqueFd file;
       if (!files[i].empty()) {
-        file.reset(::open(files[i].c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644));
+        file.reset(::open(files[i].c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0644));
         if (!file) log(errno_message("cannot write the output of '" + names[i] + "' to " + files[i], errno));
       }
       files_.push_back(std::move(file));
     }
-    thread_ = std::thread([this] { run(); });
   }
 
-  int write_fd() const { return pipe_.write.get(); }
-
-  /// A line of our own in the process's file ("[pymanager] exited with ...").
-  /// Called on the Manager's event thread, like its output lines.
-  void marker(std::size_t index, const std::string& text) {
-    if (pipe_.write) detail::write_all(pipe_.write.get(), "\x1e" + std::to_string(index) + " " + text + "\n");
+  void line(const OutputLine& line) {
+    if (line.process >= files_.size() || !files_[line.process]) return;
+    std::string text(line.text);
+    text += '\n';
+    detail::write_all(files_[line.process].get(), text);
   }
 
-  /// Call once the Manager is gone (nothing writes anymore): reads what is
-  /// left and closes the files.
-  void finish() {
-    if (!thread_.joinable()) return;
-    pipe_.write.reset();
-    // A process of the test's own that forked without exec may still hold
-    // the write end: the reader drains what is there and stops, not at EOF.
-    std::uint64_t one = 1;
-    ssize_t ignored = ::write(stop_.get(), &one, sizeof one);
-    (void)ignored;
-    thread_.join();
-    files_.clear();
-    pipe_.read.reset();
+  void note(std::size_t index, const std::string& text) {
+    if (index < files_.size() && files_[index]) detail::write_all(files_[index].get(), "[pymanager] " + text + "\n");
   }
+
+  /// Once the Manager is gone (nothing writes any more).
+  void close() { files_.clear(); }
 
  private:
-  void run() {
-    std::string partial;
-    char buffer[65536];
-    for (;;) {
-      struct pollfd fds[2] = {{pipe_.read.get(), POLLIN, 0}, {stop_.get(), POLLIN, 0}};
-      if (detail::retry_eintr([&] { return ::poll(fds, 2, -1); }) < 0) break;
-      bool stopping = (fds[1].revents & POLLIN) != 0;
-      bool eof = false;
-      for (;;) {
-        ssize_t n = detail::retry_eintr([&] { return ::read(pipe_.read.get(), buffer, sizeof buffer); });
-        if (n > 0) {
-          consume(partial, buffer, static_cast<std::size_t>(n));
-          continue;
-        }
-        eof = n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK);
-        break;
-      }
-      if (eof || stopping) break;
-    }
-    if (!partial.empty()) line(partial);
-  }
-
-  void consume(std::string& partial, const char* data, std::size_t size) {
-    std::size_t start = 0;
-    for (std::size_t k = 0; k < size; ++k) {
-      if (data[k] != '\n') continue;
-      partial.append(data + start, k - start);
-      line(partial);
-      partial.clear();
-      start = k + 1;
-    }
-    partial.append(data + start, size - start);
-  }
-
-  void line(const std::string& text) {
-    if (!text.empty() && text[0] == '\x1e') {
-      std::size_t index = std::strtoul(text.c_str() + 1, nullptr, 10);
-      auto space = text.find(' ');
-      if (index < files_.size() && files_[index] && space != std::string::npos) {
-        detail::write_all(files_[index].get(), "[pymanager] " + text.substr(space + 1) + "\n");
-      }
-      return;
-    }
-    for (std::size_t i = 0; i < prefixes_.size(); ++i) {
-      if (!starts_with(text, prefixes_[i])) continue;
-      if (files_[i]) detail::write_all(files_[i].get(), text.substr(prefixes_[i].size()) + "\n");
-      break;
-    }
-    if (echo_) detail::write_all(STDOUT_FILENO, text + "\n");
-  }
-
-  detail::Pipe pipe_;
-  detail::UniqueFd stop_;
-  bool echo_ = true;
-  std::vector<std::string> prefixes_;
   std::vector<detail::UniqueFd> files_;
-  std::thread thread_;
 };
 
 }  // namespace
@@ -344,11 +263,12 @@ class Session {
       throw;
     }
     config.keep_alive = true;  // the tests decide when the services end
-    sink_.start(names_, live_files_, options_.echo_output, options_.log);
+    log_files_.open(names_, live_files_, options_.log);
 
     ManagerOptions manager_options;
-    manager_options.output_fd = sink_.write_fd();
+    manager_options.output_fd = options_.echo_output ? STDOUT_FILENO : -1;
     manager_options.color = false;
+    manager_options.on_output = [this](const OutputLine& line) { log_files_.line(line); };
     manager_options.log = options_.log;
     manager_options.verbose = options_.verbose;
     manager_options.extra_environment = ports_->environment();
@@ -578,7 +498,7 @@ class Session {
     // whatever escaped the process groups.
     manager_.reset();
     live_manager_.store(nullptr);
-    sink_.finish();
+    log_files_.close();
     for (std::size_t i = 0; i < copies_.size(); ++i) {
       if (!copies_[i].empty() && !redirects_[i].empty()) {
         if (copy_file(redirects_[i], copies_[i])) output_files_[i] = copies_[i];
@@ -594,8 +514,8 @@ class Session {
   void on_exit(const ProcessInfo& info, bool expected) {
     const std::size_t index = static_cast<std::size_t>(info.id - 1);
     ExitStatus status = info.exit.value_or(ExitStatus{});
-    sink_.marker(index, "pid " + std::to_string(info.pid) + " exited with " + status.describe() +
-                            (expected ? "" : " (unexpected)"));
+    log_files_.note(index, "pid " + std::to_string(info.pid) + " exited with " + status.describe() +
+                               (expected ? "" : " (unexpected)"));
     ExitRecord record;
     bool report_now;
     {
@@ -659,11 +579,11 @@ class Session {
   std::shared_ptr<PortAllocator> ports_;
   std::vector<std::string> names_;
   std::vector<bool> has_verifier_;
-  std::vector<std::string> live_files_;    ///< written by the sink, per process ("" none)
+  std::vector<std::string> live_files_;    ///< written from the output events, per process ("" none)
   std::vector<std::string> output_files_;  ///< what output_file() answers
   std::vector<std::string> redirects_;     ///< redirect_output paths ("" none)
   std::vector<std::string> copies_;        ///< where a redirect_output file is copied at the end
-  OutputSink sink_;
+  ProcessLogFiles log_files_;
   std::atomic<bool> quiet_{false};
 
   mutable std::mutex mutex_;
@@ -739,13 +659,10 @@ void ServiceControl::kill(const std::string& name) {
   std::size_t i = session_->index(name);
   Manager& manager = session_->manager();
   ProcessInfo info = manager.process(i);
-  if (!info.group_alive) return;
+  if (!info.group_alive && info.daemons.empty()) return;
   session_->mark_injected(info.pid);
-  manager.signal_process(i, SIGKILL);
-  // The Manager has no "wait until the group is empty" of its own: a stop
-  // waits for exactly that. Its SIGTERM reaches a group that is already
-  // dying, and its SIGKILL deadline (1 s) is never reached.
-  manager.stop_process(i, 1.0);
+  // SIGKILL to its group and its daemons; returns once they are gone.
+  manager.kill_process(i);
 }
 
 void ServiceControl::signal(const std::string& name, int sig) {

@@ -636,9 +636,9 @@ TEST_F(Ctl, FindsTheRunningManagerByItsStateFileAndDrivesIt) {
 
   auto list = ctl({"-f", "cfg.json", "list"});
   EXPECT_EQ(list.exit_code, 0) << list.err;
-  EXPECT_THAT(list.out, ::testing::MatchesRegex("ID +NAME +STATUS +PID/CODE +COMMAND\n"
-                                                "1 +db +running +pid [0-9]+ +sh -c .*\n"
-                                                "2 +talker +running +pid [0-9]+ +sh -c .*\n"));
+  EXPECT_THAT(list.out, ::testing::MatchesRegex("ID +NAME +STATUS +STATE +PID/CODE +COMMAND\n"
+                                                "1 +db +running +ready +pid [0-9]+ +sh -c .*\n"
+                                                "2 +talker +running +ready +pid [0-9]+ +sh -c .*\n"));
   auto status = ctl({"-f", "cfg.json", "status"});
   EXPECT_EQ(status.out, "running\n");
   ASSERT_TRUE(wait_until([&] { return ctl({"-f", "cfg.json", "output", "talker", "-n", "1"}).out == "second\n"; }));

@@ -98,7 +98,8 @@ const char kCtlUsageText[] =
     "usage: pymanager ctl [--url URL] [-f FILE] [--json] COMMAND [ID] [-n N]\n"
     "\n"
     "commands:\n"
-    "  list           the processes: id, name, status, pid or exit code, command\n"
+    "  list           the processes: id, name, status, state, pid or exit code, command,\n"
+    "                 and the daemons each one left or what it waits for\n"
     "  status         the manager's state (booting ... running ... shutdown)\n"
     "  restart ID     stop (TERM, KILL after restart-graceful-time) and start again, verified\n"
     "  stop ID        stop one process without restarting it\n"
@@ -313,22 +314,38 @@ inline std::string text_of(const nlohmann::json& object, const char* key) {
   return "";
 }
 
+/// The pids or names of a list member, comma separated ("" when absent).
+inline std::string list_of(const nlohmann::json& object, const char* key) {
+  if (!object.is_object() || !object.contains(key) || !object[key].is_array()) return "";
+  std::string out;
+  for (const auto& item : object[key]) {
+    std::string text = item.is_string() ? item.get<std::string>() : item.is_number_integer() ? std::to_string(item.get<long long>()) : "";
+    if (!text.empty()) out += (out.empty() ? "" : ", ") + text;
+  }
+  return out;
+}
+
 inline std::string describe_process(const nlohmann::json& p) {
-  std::string state = text_of(p, "status");
+  std::string status = text_of(p, "status");
+  std::string state = text_of(p, "state");
   std::string detail;
   if (p.contains("pid")) detail = "pid " + text_of(p, "pid");
   if (p.contains("code")) detail = p["code"].is_null() ? "never ran" : "code " + text_of(p, "code");
   std::ostringstream line;
   line << std::left << std::setw(4) << text_of(p, "id") << std::setw(16) << text_of(p, "name") << std::setw(12)
-       << (state.empty() ? "?" : state) << std::setw(14) << detail << text_of(p, "command");
+       << (status.empty() ? "?" : status) << std::setw(12) << (state.empty() ? "?" : state) << std::setw(14) << detail
+       << text_of(p, "command");
+  // What the columns cannot hold: the daemons it left, what it waits for.
+  if (std::string daemons = list_of(p, "daemons"); !daemons.empty()) line << "  [daemons: " << daemons << "]";
+  if (std::string waits = list_of(p, "waiting_for"); !waits.empty()) line << "  [waiting for: " << waits << "]";
   return line.str();
 }
 
 /// `processes`: an array of process objects (checked by the caller).
 inline std::string process_table(const nlohmann::json& processes) {
   std::ostringstream out;
-  out << std::left << std::setw(4) << "ID" << std::setw(16) << "NAME" << std::setw(12) << "STATUS" << std::setw(14)
-      << "PID/CODE" << "COMMAND\n";
+  out << std::left << std::setw(4) << "ID" << std::setw(16) << "NAME" << std::setw(12) << "STATUS" << std::setw(12)
+      << "STATE" << std::setw(14) << "PID/CODE" << "COMMAND\n";
   for (const auto& p : processes) out << describe_process(p) << "\n";
   return out.str();
 }

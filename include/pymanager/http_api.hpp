@@ -46,7 +46,8 @@ namespace pymanager {
 inline namespace v1 {
 
 /// A process as the API shows it: the original's fields ("id", "command",
-/// "status", and "pid" while running or "code" once terminated), plus "name".
+/// "status", and "pid" while running or "code" once terminated), plus
+/// "name", "state", "daemons" and, while it waits, "waiting_for".
 inline nlohmann::json process_to_json(const ProcessInfo& info) {
   nlohmann::json out = {{"id", info.id}, {"name", info.name}, {"command", info.command}};
   if (info.running) {
@@ -56,6 +57,11 @@ inline nlohmann::json process_to_json(const ProcessInfo& info) {
     out["status"] = "terminated";
     out["code"] = info.exit ? nlohmann::json(info.exit->code()) : nlohmann::json(nullptr);
   }
+  // Ours, beside the original's: where it is in its life, its daemons, and
+  // while it waits to start, what for.
+  out["state"] = to_string(info.state);
+  out["daemons"] = info.daemons;
+  if (info.state == ProcessState::waiting) out["waiting_for"] = info.waiting_for;
   return out;
 }
 

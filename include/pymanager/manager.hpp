@@ -1,25 +1,41 @@
-// pymanager: the Manager: launches the configured processes in order,
-// verifies each, forwards their output, and shuts them all down.
+// pymanager: the Manager: launches the configured processes (in file order,
+// or as a dependency graph with `depends_on`), verifies them, forwards their
+// output, owns the daemons they leave, and stops them all.
 //
-// Threads: the caller's (start, restart, ...), and one event thread that
-// reads the keeper's events and the children's output and enforces the
-// SIGKILL deadlines. All state sits behind one mutex; waits are on a
-// condition variable with a bound. Nothing polls on a timer: a child's exit
-// reaches the Manager as an event from the keeper (see detail/keeper.hpp).
+// How it is built (one concept per header):
+// - process_state.hpp: each process's state, with every transition in one table;
+// - launch_scheduler.hpp: what starts when, and the pool that runs verifiers;
+// - stop_plan.hpp: how a process is stopped, as data;
+// - output.hpp: output lines as events, and a writer that never blocks;
+// - detail/process_core.hpp: the keeper behind a narrow, typed interface.
+//
+// Threads: the callers' (start, restart, the API's), the verifier pool's
+// during start(), and one event thread that reads the keeper's events and
+// the children's output, sends what is queued for the keeper and carries out
+// stop plans. All state sits behind one mutex, which is never held across
+// I/O to another process: requests to the keeper are queued under it and
+// sent by the event thread without blocking, log messages are written after
+// it is released, and the terminal output goes through a non-blocking
+// writer. Every wait has a bound.
 #ifndef PYMANAGER_MANAGER_HPP
 #define PYMANAGER_MANAGER_HPP
 
+#include <dirent.h>
 #include <fcntl.h>
-#include <poll.h>
+#include <signal.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/random.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <deque>
+#include <cstdio>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -29,9 +45,13 @@
 
 #include "pymanager/config.hpp"
 #include "pymanager/detail/fd.hpp"
-#include "pymanager/detail/keeper.hpp"
+#include "pymanager/detail/process_core.hpp"
 #include "pymanager/error.hpp"
+#include "pymanager/launch_scheduler.hpp"
+#include "pymanager/output.hpp"
 #include "pymanager/process.hpp"
+#include "pymanager/process_state.hpp"
+#include "pymanager/stop_plan.hpp"
 #include "pymanager/verifier.hpp"
 
 namespace pymanager {
@@ -54,838 +74,1464 @@ inline const char* to_string(ManagerState state) {
 
 struct ManagerOptions {
   /// Where the children's output lines go (prefixed with the process name).
-  /// Default: standard output.
+  /// Default: standard output; -1: nowhere (on_output still gets them).
+  /// Written without ever blocking: when nobody reads it, lines are dropped
+  /// and counted ("N lines not shown, stdout is not being read").
   int output_fd = STDOUT_FILENO;
   /// Color the name prefixes. Default: when `output_fd` is a terminal.
   std::optional<bool> color;
-  /// Receives the manager's own messages (one line, no newline). Default:
-  /// "pymanager: <message>" on standard error. Called from the manager's
-  /// threads, sometimes with its lock held: it must be thread-safe and must
-  /// not call back into the Manager.
+  /// Receives the manager's own messages (one line, no newline), never with
+  /// the Manager's lock held. Default: "pymanager: <message>" on standard
+  /// error, written without blocking. It must be thread-safe, quick (it runs
+  /// on the event thread too) and must not call back into the Manager.
   std::function<void(const std::string&)> log;
-  /// Also log the life cycle: launches, verifications, signals sent.
+  /// Also log the life cycle: launches, verifications, signals sent, daemons.
   bool verbose = false;
   /// How many of each process's last output lines are kept for diagnosis.
   std::size_t output_lines_kept = 1000;
   /// Called on the event thread (without the Manager's lock held) whenever a
-  /// process's main process exits; `expected` is false for an exit nobody
-  /// asked for (not a stop, a shutdown or a one-shot step's verified exit).
+  /// process's main process exits, after every line it printed before was
+  /// delivered; `expected` is false for an exit nobody asked for (not a stop,
+  /// a shutdown or a one-shot step's verified exit).
   std::function<void(const ProcessInfo& process, bool expected)> on_exit;
+  /// Receives every output line of every process, on the event thread,
+  /// before any formatting (see output.hpp). Must not block.
+  OutputSubscriber on_output;
   /// Extra `NAME=value` entries for every child's environment.
   std::vector<std::string> extra_environment;
+  /// At most this many verifiers run at once during start().
+  std::size_t verifier_threads = 32;
 };
-
-class Manager;
-
-namespace detail {
-
-/// At most `size` bytes of `text`, never ending inside a UTF-8 character
-/// (continuation bytes at the cut are left out with their lead byte).
-inline std::string utf8_prefix(const std::string& text, std::size_t size) {
-  if (text.size() <= size) return text;
-  std::size_t cut = size;
-  for (int back = 0; back < 3 && cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80; ++back) --cut;
-  return text.substr(0, cut);
-}
-
-/// One output pipe being read (a process may have two while an old run's
-/// descendants still hold the previous one).
-struct OutputStream {
-  std::size_t index = 0;
-  UniqueFd fd;
-  UniqueFd file;  ///< redirect_output target, or none
-  std::string file_path;
-  bool to_terminal = false;
-  std::string partial;
-};
-
-}  // namespace detail
 
 class Manager {
  public:
   /// Starts the keeper process (nothing is launched yet: call start()).
-  explicit Manager(Config config, ManagerOptions options = {})
-      : config_(std::move(config)), options_(std::move(options)), keeper_(config_.processes.size()) {
-    if (config_.processes.empty()) throw Error(ErrorKind::config_no_processes, "processes: no processes are configured");
-    if (config_.base_directory.empty()) config_.base_directory = detail::current_directory();
-    if (!options_.log) {
-      options_.log = [](const std::string& message) { detail::write_all(STDERR_FILENO, "pymanager: " + message + "\n"); };
-    }
-    color_ = options_.color.value_or(::isatty(options_.output_fd) == 1);
-    for (std::size_t i = 0; i < config_.processes.size(); ++i) {
-      auto proc = std::make_unique<Proc>();
-      proc->spec = config_.processes[i];
-      name_width_ = std::max(name_width_, proc->spec.name.size());
-      procs_.push_back(std::move(proc));
-    }
-    wake_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-    if (!wake_) throw_system_error("eventfd");
-    KeeperReady ready = wait_keeper_ready();
-    if (!ready.ok) throw Error(ErrorKind::system, "the keeper process did not start");
-    event_thread_ = std::thread([this] { event_loop(); });
-  }
-
+  explicit Manager(Config config, ManagerOptions options = {});
   Manager(const Manager&) = delete;
   Manager& operator=(const Manager&) = delete;
+  /// Stops everything (each process's stop plan), joins the event thread,
+  /// and has the keeper kill whatever escaped. Bounded by the stop plans.
+  ~Manager();
 
-  /// Stops everything (graceful, then SIGKILL), joins the event thread, and
-  /// has the keeper kill whatever escaped the process groups. Bounded by the
-  /// graceful time plus a few seconds.
-  ~Manager() {
-    shutdown();
-    wait_finished(shutdown_bound());
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      stopping_ = true;
-    }
-    wake();
-    if (event_thread_.joinable()) event_thread_.join();
-    keeper_.close_and_reap();
-  }
+  /// Launches every process: in file order, each after the previous one's
+  /// verifier passed, or, when the file has `depends_on`, each as soon as its
+  /// dependencies are met, in parallel. On a failure nothing more starts, the
+  /// verifiers still running are cancelled, everything launched is shut down,
+  /// and the Error (spawn_failed or verify_failed) is thrown. If shutdown is
+  /// requested meanwhile, throws ErrorKind::shutting_down.
+  void start();
 
-  /// Launches every process in the order of the config and waits for each
-  /// one's verifier before the next. On failure, everything already launched
-  /// is shut down before the Error (spawn_failed or verify_failed) is thrown.
-  /// If shutdown is requested meanwhile, throws ErrorKind::shutting_down.
-  void start() {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (shutdown_begun_) throw Error(ErrorKind::shutting_down, "shutdown has begun");
-      state_ = ManagerState::launching;
-    }
-    for (std::size_t i = 0; i < procs_.size(); ++i) {
-      try {
-        std::lock_guard<std::mutex> op(procs_[i]->operation);
-        launch_and_verify(i);
-      } catch (const Error& e) {
-        bool requested;
-        {
-          std::lock_guard<std::mutex> lock(mutex_);
-          requested = shutdown_begun_;
-        }
-        if (!requested) log(e.what());
-        shutdown();
-        wait_finished(shutdown_bound());
-        if (requested) throw Error(ErrorKind::shutting_down, "shutdown requested during start-up");
-        throw;
-      }
-    }
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (shutdown_begun_) throw Error(ErrorKind::shutting_down, "shutdown requested during start-up");
-    state_ = ManagerState::running;
-    if (options_.verbose) log("all processes are up");
-    maybe_finish_when_all_exited_locked();
-  }
+  /// Begins the shutdown and returns at once: each process gets its stop
+  /// signal once everything that depends on it has stopped, then SIGKILL
+  /// after its graceful time. `force`: SIGKILL to everything now.
+  void shutdown(bool force = false);
+  /// Waits until the shutdown is complete (every process group is empty and
+  /// every daemon gone); with keep_alive false, that also happens once every
+  /// process has exited. Returns false if `timeout` passed first.
+  bool wait_finished(std::optional<Clock::duration> timeout = std::nullopt);
 
-  /// Begins the shutdown and returns at once: SIGTERM to every process
-  /// group, SIGKILL to what is left after graceful_time. `force`: SIGKILL now.
-  void shutdown(bool force = false) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    begin_shutdown_locked(force);
-  }
-
-  /// Waits until the shutdown is complete (every process group is empty).
-  /// With keep_alive false, that also happens once every process has exited.
-  /// Returns false if `timeout` passed first.
-  bool wait_finished(std::optional<Clock::duration> timeout = std::nullopt) {
-    std::unique_lock<std::mutex> lock(mutex_);
-    if (!timeout) {
-      changed_.wait(lock, [&] { return finished_; });
-      return true;
-    }
-    return changed_.wait_for(lock, *timeout, [&] { return finished_; });
-  }
-
-  bool finished() const {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return finished_;
-  }
-  bool shutdown_begun() const {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return shutdown_begun_;
-  }
-  ManagerState state() const {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return state_;
-  }
+  bool finished() const;
+  bool shutdown_begun() const;
+  ManagerState state() const;
+  /// True when the keeper process was lost (killed from outside): the
+  /// Manager then killed everything it knew of and shut down.
+  bool keeper_lost() const;
+  /// The keeper process's pid (for diagnosis and fault injection).
+  pid_t keeper_pid() const { return core_->keeper_pid(); }
   const Config& config() const { return config_; }
   std::size_t size() const { return procs_.size(); }
 
-  std::vector<ProcessInfo> processes() const {
-    std::lock_guard<std::mutex> lock(mutex_);
-    std::vector<ProcessInfo> out;
-    for (std::size_t i = 0; i < procs_.size(); ++i) out.push_back(info_locked(i));
-    return out;
-  }
-
+  std::vector<ProcessInfo> processes() const;
   /// One process by 0-based index.
-  ProcessInfo process(std::size_t index) const {
-    check_index(index);
-    std::lock_guard<std::mutex> lock(mutex_);
-    return info_locked(index);
-  }
-
+  ProcessInfo process(std::size_t index) const;
   /// The 0-based index of the process named `name`, or nullopt.
-  std::optional<std::size_t> index_of(const std::string& name) const {
-    for (std::size_t i = 0; i < procs_.size(); ++i) {
-      if (procs_[i]->spec.name == name) return i;
-    }
-    return std::nullopt;
-  }
-
+  std::optional<std::size_t> index_of(const std::string& name) const;
   /// The last `lines` lines the process printed (stdout and stderr), oldest first.
-  std::vector<std::string> output_tail(std::size_t index, std::size_t lines) const {
-    check_index(index);
-    std::lock_guard<std::mutex> lock(mutex_);
-    const auto& tail = procs_[index]->tail;
-    std::size_t n = std::min(lines, tail.size());
-    return std::vector<std::string>(tail.end() - static_cast<std::ptrdiff_t>(n), tail.end());
-  }
+  std::vector<std::string> output_tail(std::size_t index, std::size_t lines) const;
 
-  /// Stops one process: SIGTERM to its group, SIGKILL after `grace` seconds
-  /// (default graceful_time); returns once the group is empty.
-  /// With keep_alive false, stopping the last running process ends the
-  /// manager, as the original did when all processes had terminated.
-  /// Throws shutting_down once shutdown has begun, conflict while start()
-  /// is still launching.
-  void stop_process(std::size_t index, std::optional<double> grace = std::nullopt) {
-    Operation op(*this, index, "stop");
-    stop_locked_operation(index, grace.value_or(config_.graceful_time));
-  }
-
+  /// Stops one process with its stop plan (its stop signal, SIGKILL after
+  /// `grace` seconds; default its graceful time) and its daemons with it;
+  /// returns once nothing of it is left. With keep_alive false, stopping the
+  /// last running process ends the manager. Throws shutting_down once
+  /// shutdown has begun, conflict while start() is still launching.
+  void stop_process(std::size_t index, std::optional<double> grace = std::nullopt);
   /// Starts a stopped process again and runs its verifier.
-  ProcessInfo start_process(std::size_t index) {
-    Operation op(*this, index, "start");
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (procs_[index]->group_alive) return info_locked(index);
-    }
-    launch_and_verify(index);
-    return process(index);
-  }
-
-  /// Stops the process (as stop_process), launches it again and runs its
-  /// verifier. Restarts of one process run one after the other; while one is
-  /// under way, the process's exit does not count as "all have exited".
-  ProcessInfo restart(std::size_t index, std::optional<double> grace = std::nullopt) {
-    Operation op(*this, index, "restart");
-    stop_locked_operation(index, grace.value_or(config_.graceful_time));
-    launch_and_verify(index);
-    return process(index);
-  }
-
-  /// Sends `sig` to the process's group (for fault injection).
-  void signal_process(std::size_t index, int sig) {
-    check_index(index);
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (procs_[index]->group_alive) keeper_.send_signal(static_cast<std::uint32_t>(index), sig);
-  }
+  ProcessInfo start_process(std::size_t index);
+  /// stop_process, then launch and verify again: the old daemons are gone
+  /// before the new launcher runs.
+  ProcessInfo restart(std::size_t index, std::optional<double> grace = std::nullopt);
+  /// Sends `sig` to the process's group and its daemons (fault injection).
+  void signal_process(std::size_t index, int sig);
+  /// SIGKILL to the process's group and daemons; returns once they are gone.
+  void kill_process(std::size_t index);
 
  private:
-  struct Proc {
-    ProcessSpec spec;
-    std::mutex operation;  ///< serializes start/stop/restart of this process
-    pid_t pid = 0;
-    bool leader_alive = false;
-    bool group_alive = false;
-    std::optional<ExitStatus> exit;
-    int launches = 0;
-    bool exit_expected = false;  ///< a stop or shutdown was asked for, or the verifier waits for the exit
-    // The answer to the spawn request in flight.
-    bool awaiting_spawn = false;
-    int spawn_errno = 0;
-    detail::SpawnStage spawn_stage{};
-    // Stopping: SIGTERM sent at some point, SIGKILL due at `kill_at`.
-    bool term_sent = false;
-    bool kill_sent = false;
-    Clock::time_point kill_at{};
-    std::deque<std::string> tail;
-    bool redirect_failure_reported = false;  ///< touched by the event thread only
-  };
+  struct Proc;
+  struct Output;
+  class Operation;
+  class Context;
+  struct Effects;
 
-  /// One stop/start/restart: serialized per process, refused during
-  /// start-up and shutdown, and counted so that its own exit does not end a
-  /// manager without keep-alive.
-  class Operation {
-   public:
-    Operation(Manager& m, std::size_t index, const char* verb) : m_(m) {
-      m_.check_index(index);
-      const std::string what = std::string("cannot ") + verb + " process " + quote(m_.procs_[index]->spec.name);
-      // Checked before waiting for the process's own lock too: start() holds
-      // that lock while it verifies the process, and a refusal must not
-      // wait for the verifier.
-      {
-        std::lock_guard<std::mutex> lock(m_.mutex_);
-        check_allowed_locked(what);
-      }
-      lock_ = std::unique_lock<std::mutex>(m_.procs_[index]->operation);
-      std::lock_guard<std::mutex> lock(m_.mutex_);
-      check_allowed_locked(what);
-      ++m_.operations_;
-    }
-    Operation(const Operation&) = delete;
-    Operation& operator=(const Operation&) = delete;
-    ~Operation() {
-      std::lock_guard<std::mutex> lock(m_.mutex_);
-      --m_.operations_;
-      m_.maybe_finish_when_all_exited_locked();
-    }
-
-   private:
-    void check_allowed_locked(const std::string& what) const {
-      if (m_.shutdown_begun_) throw Error(ErrorKind::shutting_down, what + ": shutdown has begun");
-      if (m_.state_ == ManagerState::booting || m_.state_ == ManagerState::launching) {
-        throw Error(ErrorKind::conflict, what + ": the processes are still being launched");
-      }
-    }
-
-    Manager& m_;
-    std::unique_lock<std::mutex> lock_;
-  };
-
-  class Context : public VerifyContext {
-   public:
-    Context(Manager& manager, std::size_t index) : m_(manager), index_(index) {}
-    const std::string& process_name() const override { return m_.procs_[index_]->spec.name; }
-    int pid() const override {
-      std::lock_guard<std::mutex> lock(m_.mutex_);
-      return m_.procs_[index_]->pid;
-    }
-    bool sleep_until(Clock::time_point until) override {
-      std::unique_lock<std::mutex> lock(m_.mutex_);
-      const bool had_exited = m_.procs_[index_]->exit.has_value();
-      return !m_.changed_.wait_until(lock, until, [&] {
-        return m_.shutdown_begun_ || (!had_exited && m_.procs_[index_]->exit.has_value());
-      });
-    }
-    std::optional<ExitStatus> wait_exit(Clock::time_point until) override {
-      std::unique_lock<std::mutex> lock(m_.mutex_);
-      m_.changed_.wait_until(lock, until, [&] { return m_.shutdown_begun_ || m_.procs_[index_]->exit.has_value(); });
-      return m_.procs_[index_]->exit;
-    }
-    std::optional<ExitStatus> exit_status() const override {
-      std::lock_guard<std::mutex> lock(m_.mutex_);
-      return m_.procs_[index_]->exit;
-    }
-    bool cancelled() const override {
-      std::lock_guard<std::mutex> lock(m_.mutex_);
-      return m_.shutdown_begun_;
-    }
-    void log(MessageCategory category, const std::string& message) override {
-      const auto& messages = m_.config_.messages;
-      bool show = category == MessageCategory::verifier_fail ? messages.verifier_fail : messages.verifier_verbose;
-      if (show) m_.log("verifier of '" + process_name() + "': " + message);
-    }
-
-   private:
-    Manager& m_;
-    std::size_t index_;
-  };
-
-  struct KeeperReady {
-    bool ok = false;
-  };
-
-  KeeperReady wait_keeper_ready() {
-    // The keeper's first message; it comes within milliseconds of the fork.
-    struct pollfd p = {keeper_.socket_fd(), POLLIN, 0};
-    if (detail::retry_eintr([&] { return ::poll(&p, 1, 10000); }) != 1) return {};
-    detail::KeeperEvent event{};
-    return {keeper_.read_event(event) && event.type == detail::KeeperMessage::ready};
-  }
-
+  // Launching.
+  /// Spawns in flight at once: the keeper serves them one by one, and each
+  /// holds four descriptors until it is sent.
+  static constexpr std::size_t kMaxSpawnsInFlight = 256;
+  std::size_t descriptors_needed() const;
+  void check_descriptor_budget() const;
+  void begin_launch(std::size_t i);
+  void launch_and_verify_now(std::size_t i);
+  void run_verifier(std::size_t i);
+  VerifyResult call_verifier(std::size_t i);
+  std::string failure_message(std::size_t i, const VerifyResult& result) const;
+  void wait_spawned_locked(std::unique_lock<std::mutex>& lock, std::size_t i);
+  void after_verified_locked(std::size_t i, bool passed);
+  // Stopping.
+  void begin_stop_locked(std::size_t i, StopPlan plan, Effects& fx);
+  void advance_stop_locked(std::size_t i, Clock::time_point now, Effects& fx);
+  void stop_and_wait(std::size_t i, StopPlan plan, std::unique_lock<std::mutex>& lock);
+  void begin_shutdown_locked(bool force, Effects& fx);
+  void on_quiet_locked(std::size_t i, Effects& fx);
+  void update_quiet_locked(std::size_t i, Effects& fx);
+  void maybe_end_when_all_exited_locked(Effects& fx);
+  StopPlan shutdown_plan(std::size_t i) const;
+  Clock::duration shutdown_bound() const;
+  // The event thread.
+  void event_loop();
+  void handle_event(const detail::CoreEvent& event, Effects& fx);
+  void on_exited(std::size_t i, const detail::CoreEvent& event);
+  void on_keeper_lost();
+  void run_timers(Clock::time_point now, Effects& fx);
+  void read_output(Output& output, int which);
+  void deliver(std::size_t i, OutputStream stream, std::string_view text, bool complete);
+  void drain_outputs_of(std::size_t i);
+  void service_writers();
+  std::string output_name() const;
+  // Small things.
+  void set_state_locked(std::size_t i, ProcessState to);
+  ProcessInfo info_locked(std::size_t i) const;
+  void check_index(std::size_t index) const;
+  void log(const std::string& message) const { log_(message); }
+  void run(Effects& fx);
+  void wake() const;
   static std::string quote(const std::string& name) { return "'" + name + "'"; }
-
-  void check_index(std::size_t index) const {
-    if (index >= procs_.size()) {
-      throw Error(ErrorKind::not_found, "no process with id " + std::to_string(index + 1));
-    }
-  }
-
-  Clock::duration shutdown_bound() const {
-    return seconds_to_duration(config_.graceful_time) +
-           std::chrono::seconds(10);
-  }
-
-  void log(const std::string& message) const { options_.log(message); }
-
-  void wake() const {
-    std::uint64_t one = 1;
-    ssize_t ignored = ::write(wake_.get(), &one, sizeof one);
-    (void)ignored;
-  }
-
-  ProcessInfo info_locked(std::size_t i) const {
-    const Proc& p = *procs_[i];
-    ProcessInfo info;
-    info.id = static_cast<int>(i) + 1;
-    info.name = p.spec.name;
-    info.command = describe_command(p.spec);
-    info.running = p.leader_alive;
-    info.pid = p.pid;
-    info.exit = p.exit;
-    info.group_alive = p.group_alive;
-    info.restarts = std::max(0, p.launches - 1);
-    info.killed = p.kill_sent;
-    return info;
-  }
-
-  // ------------------------------------------------------------------ launch
-
-  void launch_and_verify(std::size_t i) {
-    launch(i);
-    verify(i);
-  }
-
-  void launch(std::size_t i) {
-    Proc& p = *procs_[i];
-    LaunchPlan plan = make_launch_plan(p.spec, config_, options_.extra_environment);
-    detail::Pipe pipe = detail::make_pipe();
-    ::fcntl(pipe.read.get(), F_SETFL, O_NONBLOCK);
-    auto stream = std::make_unique<detail::OutputStream>();
-    stream->index = i;
-    if (p.spec.redirect_output) {
-      std::string file = detail::join_dir(config_.base_directory, *p.spec.redirect_output);
-      // The first launch starts the file afresh; restarts append to it.
-      int flags = O_WRONLY | O_CREAT | O_CLOEXEC | (p.launches == 0 ? O_TRUNC : O_APPEND);
-      stream->file.reset(::open(file.c_str(), flags, 0644));
-      stream->file_path = file;
-      if (!stream->file) {
-        throw Error(ErrorKind::spawn_failed, "cannot start process " + quote(p.spec.name) + ": redirect_output " + file +
-                                                 ": " + std::strerror(errno));
-      }
-    }
-    stream->to_terminal = !p.spec.suppress_output && !p.spec.redirect_output;
-    stream->fd = std::move(pipe.read);
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (shutdown_begun_) throw Error(ErrorKind::shutting_down, "shutdown has begun");
-      p.awaiting_spawn = true;
-      p.spawn_errno = 0;
-      p.exit.reset();
-      p.exit_expected = p.spec.verifier && p.spec.verifier->verifier->expects_exit();
-      p.term_sent = p.kill_sent = false;
-      ++spawns_in_flight_;
-      // Registered before the spawn, so that the output is read before the
-      // exit is recorded.
-      new_streams_.push_back(std::move(stream));
-    }
-    wake();
-    if (options_.verbose) log("launching " + quote(p.spec.name) + ": " + describe_command(p.spec));
-    bool sent = false;
-    try {
-      sent = keeper_.send_spawn(static_cast<std::uint32_t>(i), plan.path, plan.working_directory, plan.argv, plan.envp,
-                                pipe.write.get());
-    } catch (...) {
-      std::lock_guard<std::mutex> lock(mutex_);
-      p.awaiting_spawn = false;
-      --spawns_in_flight_;
-      throw;
-    }
-    pipe.write.reset();  // the keeper has its own copy now
-    std::unique_lock<std::mutex> lock(mutex_);
-    if (!sent) {
-      p.awaiting_spawn = false;
-      p.spawn_errno = EPIPE;
-      p.spawn_stage = detail::SpawnStage::protocol;
-    }
-    bool answered = changed_.wait_for(lock, std::chrono::seconds(30), [&] { return !p.awaiting_spawn || keeper_gone_; });
-    --spawns_in_flight_;
-    if (!answered || keeper_gone_ || p.awaiting_spawn) {
-      p.awaiting_spawn = false;
-      finish_if_done_locked();
-      throw Error(ErrorKind::spawn_failed, "cannot start process " + quote(p.spec.name) + ": the keeper process is gone");
-    }
-    if (p.spawn_errno != 0) {
-      finish_if_done_locked();
-      std::string why = std::strerror(p.spawn_errno);
-      if (p.spawn_stage == detail::SpawnStage::chdir) {
-        why = "working_directory " + plan.working_directory + ": " + why;
-      } else if (p.spawn_stage != detail::SpawnStage::exec) {
-        why = std::string(detail::describe_stage(p.spawn_stage)) + ": " + why;
-      }
-      throw Error(ErrorKind::spawn_failed, "cannot start process " + quote(p.spec.name) + " (" + p.spec.executable + "): " + why);
-    }
-    ++p.launches;
-    if (shutdown_begun_) {
-      // Shutdown began while the spawn was in flight: stop it right away.
-      send_term_locked(i);
-      throw Error(ErrorKind::shutting_down, "shutdown has begun");
-    }
-  }
-
-  void verify(std::size_t i) {
-    Proc& p = *procs_[i];
-    if (!p.spec.verifier) return;
-    Context context(*this, i);
-    VerifyResult result;
-    try {
-      result = p.spec.verifier->verifier->verify(context);
-    } catch (const Error&) {
-      throw;
-    } catch (const std::exception& e) {
-      // A user-written verifier's exception is its failure, not the end of
-      // the manager (the clean-up in start() expects a pymanager::Error).
-      result = VerifyResult::failure(std::string("the verifier threw: ") + e.what());
-    }
-    if (result.passed) {
-      if (options_.verbose || config_.messages.verifier_verbose) {
-        log(quote(p.spec.name) + " verified by " + p.spec.verifier->type + (result.message.empty() ? "" : ": " + result.message));
-      }
-      return;
-    }
-    if (cancelled()) throw Error(ErrorKind::shutting_down, "shutdown has begun");
-    std::string message = "process " + quote(p.spec.name) + ": verifier " + p.spec.verifier->type + " failed: " + result.message;
-    auto lines = output_tail(i, 10);
-    if (!lines.empty()) {
-      message += "\nlast output of " + quote(p.spec.name) + ":";
-      for (const auto& line : lines) message += "\n  " + line;
-    }
-    throw Error(ErrorKind::verify_failed, message);
-  }
-
-  bool cancelled() const {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return shutdown_begun_;
-  }
-
-  // -------------------------------------------------------------------- stop
-
-  void stop_locked_operation(std::size_t i, double grace) {
-    std::unique_lock<std::mutex> lock(mutex_);
-    Proc& p = *procs_[i];
-    if (!p.group_alive) return;
-    p.exit_expected = true;
-    send_term_locked(i, grace);
-    wake();
-    auto bound = seconds_to_duration(grace) + std::chrono::seconds(10);
-    if (!changed_.wait_for(lock, bound, [&] { return !p.group_alive || keeper_gone_; })) {
-      throw Error(ErrorKind::system, "process " + quote(p.spec.name) + " (pid " + std::to_string(p.pid) +
-                                         ") did not stop, even after SIGKILL");
-    }
-  }
-
-  void send_term_locked(std::size_t i, std::optional<double> grace = std::nullopt) {
-    Proc& p = *procs_[i];
-    if (!p.group_alive || p.term_sent) return;
-    p.exit_expected = true;
-    p.term_sent = true;
-    p.kill_at = Clock::now() + seconds_to_duration(grace.value_or(config_.graceful_time));
-    if (options_.verbose) log("SIGTERM to " + quote(p.spec.name) + " (process group " + std::to_string(p.pid) + ")");
-    keeper_.send_signal(static_cast<std::uint32_t>(i), SIGTERM);
-    wake();  // the event thread must see the new SIGKILL deadline
-  }
-
-  void send_kill_locked(std::size_t i) {
-    Proc& p = *procs_[i];
-    if (!p.group_alive || p.kill_sent) return;
-    p.exit_expected = true;
-    p.term_sent = true;
-    p.kill_sent = true;
-    if (options_.verbose) log("SIGKILL to " + quote(p.spec.name) + " (process group " + std::to_string(p.pid) + ")");
-    keeper_.send_signal(static_cast<std::uint32_t>(i), SIGKILL);
-  }
-
-  void begin_shutdown_locked(bool force) {
-    if (!shutdown_begun_) {
-      shutdown_begun_ = true;
-      state_ = ManagerState::shutdown;
-      shutdown_started_ = Clock::now();
-      next_report_ = shutdown_started_ + std::chrono::seconds(2);
-      if (options_.verbose) log("shutting down");
-    }
-    if (force) state_ = ManagerState::force_shutdown;
-    for (std::size_t i = 0; i < procs_.size(); ++i) {
-      if (force) {
-        send_kill_locked(i);
-      } else {
-        send_term_locked(i);
-      }
-    }
-    finish_if_done_locked();
-    changed_.notify_all();
-    wake();
-  }
-
-  void finish_if_done_locked() {
-    if (!shutdown_begun_ || finished_ || spawns_in_flight_ > 0) return;
-    for (const auto& p : procs_) {
-      if (p->group_alive && !keeper_gone_) return;
-    }
-    finished_ = true;
-    if (options_.verbose) log("all processes have stopped");
-    changed_.notify_all();
-  }
-
-  /// keep_alive false: once every launched process has exited while
-  /// running, the manager shuts down (and so exits).
-  void maybe_finish_when_all_exited_locked() {
-    if (config_.keep_alive || state_ != ManagerState::running || shutdown_begun_ || operations_ > 0) return;
-    for (const auto& p : procs_) {
-      if (p->leader_alive) return;
-    }
-    if (options_.verbose) log("all processes have exited");
-    begin_shutdown_locked(false);
-  }
-
-  // ------------------------------------------------------------ event thread
-
-  void event_loop() {
-    std::vector<std::unique_ptr<detail::OutputStream>> streams;
-    bool keeper_open = true;
-    for (;;) {
-      Clock::time_point next_deadline = Clock::time_point::max();
-      {
-        std::lock_guard<std::mutex> lock(mutex_);
-        if (stopping_) break;
-        for (auto& s : new_streams_) streams.push_back(std::move(s));
-        new_streams_.clear();
-        for (const auto& p : procs_) {
-          if (p->group_alive && p->term_sent && !p->kill_sent) next_deadline = std::min(next_deadline, p->kill_at);
-        }
-        if (shutdown_begun_ && !finished_) next_deadline = std::min(next_deadline, next_report_);
-      }
-      std::vector<struct pollfd> fds;
-      fds.push_back({wake_.get(), POLLIN, 0});
-      fds.push_back({keeper_open ? keeper_.socket_fd() : -1, POLLIN, 0});
-      for (const auto& s : streams) fds.push_back({s->fd.get(), POLLIN, 0});
-      int timeout = -1;
-      if (next_deadline != Clock::time_point::max()) {
-        auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(next_deadline - Clock::now()).count() + 1;
-        timeout = static_cast<int>(std::clamp<long long>(ms, 0, 60000));
-      }
-      int ready = ::poll(fds.data(), fds.size(), timeout);
-      if (ready < 0 && errno != EINTR) {
-        log(errno_message("event loop: poll", errno));
-        break;
-      }
-      if (fds[0].revents & POLLIN) {
-        std::uint64_t count;
-        ssize_t ignored = ::read(wake_.get(), &count, sizeof count);
-        (void)ignored;
-      }
-      // Output first, so that an exit is recorded after the lines before it.
-      for (std::size_t k = 0; k < streams.size(); ++k) {
-        if (fds[k + 2].revents & (POLLIN | POLLHUP | POLLERR)) drain(*streams[k]);
-      }
-      streams.erase(std::remove_if(streams.begin(), streams.end(), [](const auto& s) { return !s->fd; }), streams.end());
-      if (keeper_open && (fds[1].revents & (POLLIN | POLLHUP | POLLERR))) {
-        detail::KeeperEvent event{};
-        if (keeper_.read_event(event)) {
-          handle_keeper_event(event, streams);
-        } else {
-          keeper_open = false;
-          on_keeper_gone();
-        }
-      }
-      enforce_deadlines();
-    }
-    for (auto& s : streams) drain(*s);
-  }
-
-  void handle_keeper_event(const detail::KeeperEvent& event, std::vector<std::unique_ptr<detail::OutputStream>>& streams) {
-    if (event.id >= procs_.size()) return;
-    const std::size_t i = event.id;
-    Proc& p = *procs_[i];
-    switch (event.type) {
-      case detail::KeeperMessage::spawned: {
-        std::lock_guard<std::mutex> lock(mutex_);
-        p.pid = static_cast<pid_t>(event.a);
-        p.leader_alive = true;
-        p.group_alive = true;
-        p.awaiting_spawn = false;
-        changed_.notify_all();
-        break;
-      }
-      case detail::KeeperMessage::spawn_failed: {
-        std::lock_guard<std::mutex> lock(mutex_);
-        p.awaiting_spawn = false;
-        p.spawn_errno = static_cast<int>(event.a);
-        p.spawn_stage = static_cast<detail::SpawnStage>(event.b);
-        changed_.notify_all();
-        break;
-      }
-      case detail::KeeperMessage::exited: {
-        // Read what it printed before it exited, so that the tail is complete.
-        for (auto& s : streams) {
-          if (s->index == i && s->fd) drain(*s);
-        }
-        ExitStatus status = ExitStatus::from_wait_status(static_cast<int>(event.a));
-        pid_t pid;
-        bool expected;
-        {
-          std::lock_guard<std::mutex> lock(mutex_);
-          pid = p.pid;
-          expected = p.exit_expected || shutdown_begun_;
-        }
-        // Logged before anyone waiting for the exit wakes up, so that the
-        // messages come in the order things happened.
-        if (config_.messages.process_exit) {
-          log("process " + quote(p.spec.name) + " (pid " + std::to_string(pid) + ") exited with code " +
-              std::to_string(status.code()) + (status.signaled ? " (" + status.describe() + ")" : ""));
-        } else if (!expected && options_.verbose) {
-          // Without process.exit (or -v), exits are no output of ours: "By
-          // default, no additional output is displayed", as the original says.
-          log("process " + quote(p.spec.name) + " (pid " + std::to_string(pid) + ") exited unexpectedly with " +
-              status.describe());
-        }
-        ProcessInfo info;
-        {
-          std::lock_guard<std::mutex> lock(mutex_);
-          p.leader_alive = false;
-          p.exit = status;
-          info = info_locked(i);
-          changed_.notify_all();
-        }
-        if (options_.on_exit) options_.on_exit(info, expected);
-        std::lock_guard<std::mutex> lock(mutex_);
-        maybe_finish_when_all_exited_locked();
-        break;
-      }
-      case detail::KeeperMessage::group_empty: {
-        std::lock_guard<std::mutex> lock(mutex_);
-        p.group_alive = false;
-        finish_if_done_locked();
-        changed_.notify_all();
-        break;
-      }
-      default:
-        break;
-    }
-  }
-
-  void on_keeper_gone() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    keeper_gone_ = true;
-    if (!stopping_) log("the keeper process exited unexpectedly; the managed processes were killed with it");
-    for (auto& p : procs_) {
-      p->leader_alive = false;
-      p->group_alive = false;
-      p->awaiting_spawn = false;
-    }
-    if (!shutdown_begun_) begin_shutdown_locked(true);
-    finish_if_done_locked();
-    changed_.notify_all();
-  }
-
-  void enforce_deadlines() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    auto now = Clock::now();
-    for (std::size_t i = 0; i < procs_.size(); ++i) {
-      Proc& p = *procs_[i];
-      if (p.group_alive && p.term_sent && !p.kill_sent && now >= p.kill_at) {
-        log("process " + quote(p.spec.name) + " (pid " + std::to_string(p.pid) +
-            ") did not stop within its graceful time: SIGKILL");
-        if (shutdown_begun_) state_ = ManagerState::force_shutdown;
-        send_kill_locked(i);
-      }
-    }
-    if (shutdown_begun_ && !finished_ && now >= next_report_) {
-      next_report_ = now + std::chrono::seconds(2);
-      for (const auto& p : procs_) {
-        if (!p->group_alive) continue;
-        std::string what = p->leader_alive ? "" : " (its main process has exited; others in its group have not)";
-        std::string when = p->kill_sent ? "SIGKILL sent"
-                                        : "SIGKILL in " + std::to_string(std::max<long long>(0, std::chrono::duration_cast<std::chrono::seconds>(p->kill_at - now).count())) + "s";
-        log("waiting for process " + quote(p->spec.name) + " (pid " + std::to_string(p->pid) + ") to stop" + what + "; " + when);
-      }
-    }
-  }
-
-  /// Reads what is available from one output pipe and forwards whole lines.
-  void drain(detail::OutputStream& s) {
-    char buffer[65536];
-    for (int round = 0; round < 64; ++round) {
-      ssize_t n = detail::retry_eintr([&] { return ::read(s.fd.get(), buffer, sizeof buffer); });
-      if (n > 0) {
-        consume(s, buffer, static_cast<std::size_t>(n));
-        continue;
-      }
-      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
-      // EOF (or an error): flush the unfinished line and forget the pipe.
-      if (!s.partial.empty()) emit_line(s, s.partial, false);
-      s.partial.clear();
-      s.fd.reset();
-      return;
-    }
-  }
-
-  void consume(detail::OutputStream& s, const char* data, std::size_t size) {
-    if (s.file && !detail::write_all(s.file.get(), data, size)) {
-      // A full disk: said once per process, and the child goes on (its
-      // output is still read, and kept in the tail).
-      const int err = errno;
-      Proc& p = *procs_[s.index];
-      if (!p.redirect_failure_reported) {
-        p.redirect_failure_reported = true;
-        log("warning: " + errno_message("cannot write the output of " + quote(p.spec.name) + " to " + s.file_path, err) +
-            " (output is lost until writes succeed again; this is said once)");
-      }
-    }
-    constexpr std::size_t kMaxLine = std::size_t{64} * 1024;
-    std::size_t start = 0;
-    for (std::size_t k = 0; k < size; ++k) {
-      if (data[k] != '\n') continue;
-      s.partial.append(data + start, k - start);
-      emit_line(s, s.partial, true);
-      s.partial.clear();
-      start = k + 1;
-    }
-    s.partial.append(data + start, size - start);
-    // A line without end is cut into pieces, so that memory stays bounded.
-    while (s.partial.size() >= kMaxLine) {
-      std::string piece = detail::utf8_prefix(s.partial, kMaxLine);
-      if (piece.empty()) piece = s.partial.substr(0, kMaxLine);
-      emit_line(s, piece, true);
-      s.partial.erase(0, piece.size());
-    }
-  }
-
-  void emit_line(detail::OutputStream& s, const std::string& line, bool /*complete*/) {
-    const std::string& name = procs_[s.index]->spec.name;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      auto& tail = procs_[s.index]->tail;
-      // Kept for diagnosis: a very long line is cut, so that memory stays small.
-      constexpr std::size_t kMaxKept = 4096;
-      tail.push_back(line.size() <= kMaxKept ? line : detail::utf8_prefix(line, kMaxKept) + "...");
-      while (tail.size() > options_.output_lines_kept) tail.pop_front();
-    }
-    if (!s.to_terminal) return;
-    std::string out;
-    std::string padded = name + std::string(name_width_ - std::min(name_width_, name.size()), ' ');
-    if (color_) {
-      static constexpr int kColors[] = {36, 33, 32, 35, 34, 31};
-      out = "\x1b[" + std::to_string(kColors[s.index % 6]) + "m" + padded + " |\x1b[0m " + line + "\n";
-    } else {
-      out = padded + " | " + line + "\n";
-    }
-    detail::write_all(options_.output_fd, out);
-  }
 
   Config config_;
   ManagerOptions options_;
-  detail::KeeperClient keeper_;
-  std::vector<std::unique_ptr<Proc>> procs_;
-  std::size_t name_width_ = 0;
-  bool color_ = false;
+  std::string token_;  ///< this manager's mark in every child's environment
+  rlim_t child_nofile_ = 0;
+  std::unique_ptr<detail::StreamWriter> out_writer_;
+  std::unique_ptr<detail::StreamWriter> log_writer_;  ///< for the default log only
+  std::function<void(const std::string&)> log_;
+  std::unique_ptr<detail::TerminalPrinter> printer_;
+  detail::TailBuffers tails_;
   detail::UniqueFd wake_;
+  std::unique_ptr<detail::ProcessCore> core_;
+  std::vector<std::unique_ptr<Proc>> procs_;
 
   mutable std::mutex mutex_;
   std::condition_variable changed_;
+  LaunchScheduler scheduler_;
   ManagerState state_ = ManagerState::booting;
   bool shutdown_begun_ = false;
+  bool startup_failed_ = false;  ///< cancels the verifiers still running
+  std::string startup_failure_;
+  ErrorKind startup_failure_kind_ = ErrorKind::verify_failed;
   bool finished_ = false;
-  bool stopping_ = false;
+  bool stopping_ = false;  ///< the destructor asks the event thread to end
   bool keeper_gone_ = false;
-  int spawns_in_flight_ = 0;
-  int operations_ = 0;  ///< stop/start/restart calls under way
-  Clock::time_point shutdown_started_{};
+  bool keeper_lost_ = false;
+  std::size_t busy_ = 0;        ///< processes not quiet (something of them alive, or a spawn in flight)
+  std::size_t spawns_in_flight_ = 0;
+  int operations_ = 0;          ///< stop/start/restart calls under way
+  std::vector<std::size_t> to_verify_;  ///< spawned during start(), for the verifier pool
+  std::vector<std::size_t> stop_after_;  ///< shutdown: dependents each process still waits for
+  std::multimap<Clock::time_point, std::size_t> timers_;  ///< stop plan steps due
+  std::vector<std::unique_ptr<Output>> new_outputs_;      ///< for the event thread to adopt
+  std::vector<pid_t> orphans_;  ///< daemons no process claims
   Clock::time_point next_report_{};
-  std::vector<std::unique_ptr<detail::OutputStream>> new_streams_;
-
   std::thread event_thread_;
 };
+
+// ===========================================================================
+// Implementation. Nothing below is part of the interface.
+
+struct Manager::Proc {
+  ProcessSpec spec;
+  std::mutex operation;  ///< serializes start/stop/restart of this process
+  ProcessState state = ProcessState::waiting;
+  pid_t pid = 0;
+  bool leader_alive = false;
+  bool group_alive = false;
+  bool spawn_pending = false;
+  bool quiet = true;  ///< nothing alive, no spawn in flight
+  std::optional<ExitStatus> exit;
+  int launches = 0;
+  bool exit_expected = false;  ///< a stop or shutdown was asked for, or the verifier waits for the exit
+  bool verify_in_pool = false;  ///< launched by start(): the pool runs its verifier
+  int spawn_errno = 0;
+  detail::SpawnStage spawn_stage{};
+  std::string working_directory;  ///< of the launch in flight, for messages
+  Clock::time_point spawn_asked{};
+  std::vector<pid_t> daemons;
+  std::optional<StopRun> stop;
+  bool killed = false;
+};
+
+/// One run's output pipes (stdout and stderr), read by the event thread.
+struct Manager::Output {
+  std::size_t index = 0;
+  detail::UniqueFd fds[2];
+  detail::LineSplitter splitters[2];
+  detail::UniqueFd file;  ///< redirect_output, or none
+  std::string file_path;
+  bool file_failed = false;
+  bool echo = false;
+  bool done() const { return !fds[0] && !fds[1]; }
+};
+
+/// What to do once the lock is released: messages to log, exits to report.
+struct Manager::Effects {
+  std::vector<std::string> logs;
+};
+
+/// One stop/start/restart: serialized per process, refused during start-up
+/// and shutdown, and counted so that its own exit does not end a manager
+/// without keep-alive.
+class Manager::Operation {
+ public:
+  Operation(Manager& m, std::size_t index, const char* verb) : m_(m) {
+    m_.check_index(index);
+    const std::string what = std::string("cannot ") + verb + " process " + quote(m_.procs_[index]->spec.name);
+    // Checked before waiting for the process's own lock too: a refusal must
+    // not wait for an operation under way.
+    {
+      std::lock_guard<std::mutex> lock(m_.mutex_);
+      check_allowed_locked(what);
+    }
+    lock_ = std::unique_lock<std::mutex>(m_.procs_[index]->operation);
+    std::lock_guard<std::mutex> lock(m_.mutex_);
+    check_allowed_locked(what);
+    ++m_.operations_;
+  }
+  Operation(const Operation&) = delete;
+  Operation& operator=(const Operation&) = delete;
+  ~Operation() {
+    Effects fx;
+    {
+      std::lock_guard<std::mutex> lock(m_.mutex_);
+      --m_.operations_;
+      m_.maybe_end_when_all_exited_locked(fx);
+    }
+    m_.run(fx);
+  }
+
+ private:
+  void check_allowed_locked(const std::string& what) const {
+    if (m_.shutdown_begun_) throw Error(ErrorKind::shutting_down, what + ": shutdown has begun");
+    if (m_.state_ == ManagerState::booting || m_.state_ == ManagerState::launching) {
+      throw Error(ErrorKind::conflict, what + ": the processes are still being launched");
+    }
+  }
+
+  Manager& m_;
+  std::unique_lock<std::mutex> lock_;
+};
+
+/// What a verifier sees: every wait ends early when shutdown begins or the
+/// start-up failed elsewhere.
+class Manager::Context : public VerifyContext {
+ public:
+  Context(Manager& manager, std::size_t index) : m_(manager), index_(index) {}
+  const std::string& process_name() const override { return m_.procs_[index_]->spec.name; }
+  int pid() const override {
+    std::lock_guard<std::mutex> lock(m_.mutex_);
+    return m_.procs_[index_]->pid;
+  }
+  bool sleep_until(Clock::time_point until) override {
+    std::unique_lock<std::mutex> lock(m_.mutex_);
+    const bool had_exited = m_.procs_[index_]->exit.has_value();
+    return !m_.changed_.wait_until(lock, until, [&] {
+      return cancelled_locked() || (!had_exited && m_.procs_[index_]->exit.has_value());
+    });
+  }
+  std::optional<ExitStatus> wait_exit(Clock::time_point until) override {
+    std::unique_lock<std::mutex> lock(m_.mutex_);
+    m_.changed_.wait_until(lock, until, [&] { return cancelled_locked() || m_.procs_[index_]->exit.has_value(); });
+    return m_.procs_[index_]->exit;
+  }
+  std::optional<ExitStatus> exit_status() const override {
+    std::lock_guard<std::mutex> lock(m_.mutex_);
+    return m_.procs_[index_]->exit;
+  }
+  bool cancelled() const override {
+    std::lock_guard<std::mutex> lock(m_.mutex_);
+    return cancelled_locked();
+  }
+  void log(MessageCategory category, const std::string& message) override {
+    const auto& messages = m_.config_.messages;
+    bool show = category == MessageCategory::verifier_fail ? messages.verifier_fail : messages.verifier_verbose;
+    if (show) m_.log("verifier of '" + process_name() + "': " + message);
+  }
+
+ private:
+  bool cancelled_locked() const {
+    return m_.shutdown_begun_ || (m_.startup_failed_ && m_.procs_[index_]->verify_in_pool);
+  }
+  Manager& m_;
+  std::size_t index_;
+};
+
+namespace detail {
+
+/// 16 hex digits, different for every Manager.
+inline std::string random_token() {
+  unsigned char bytes[8] = {};
+  if (::getrandom(bytes, sizeof bytes, GRND_NONBLOCK) != static_cast<ssize_t>(sizeof bytes)) {
+    auto now = static_cast<unsigned long long>(Clock::now().time_since_epoch().count()) ^
+               (static_cast<unsigned long long>(::getpid()) << 32);
+    std::memcpy(bytes, &now, sizeof bytes);
+  }
+  static const char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (unsigned char b : bytes) {
+    out += kHex[b >> 4];
+    out += kHex[b & 15];
+  }
+  return out;
+}
+
+/// True when /proc/PID/environ holds `marker` ("PYMANAGER_OWNER=<token>:")
+/// as the start of an entry.
+inline bool process_has_marker(pid_t pid, const std::string& marker) {
+  UniqueFd fd(::open(("/proc/" + std::to_string(pid) + "/environ").c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return false;
+  std::string text;
+  char buffer[65536];
+  // An environment is at most a few MiB: read at most 8.
+  for (int round = 0; round < 128; ++round) {
+    ssize_t n = retry_eintr([&] { return ::read(fd.get(), buffer, sizeof buffer); });
+    if (n <= 0) break;
+    text.append(buffer, static_cast<std::size_t>(n));
+  }
+  for (std::size_t at = 0; at < text.size();) {
+    if (text.compare(at, marker.size(), marker) == 0) return true;
+    std::size_t end = text.find('\0', at);
+    if (end == std::string::npos) break;
+    at = end + 1;
+  }
+  return false;
+}
+
+/// Every process on the machine whose environment carries `marker`.
+inline std::vector<pid_t> processes_with_marker(const std::string& marker) {
+  std::vector<pid_t> out;
+  DIR* dir = ::opendir("/proc");
+  if (dir == nullptr) return out;
+  const pid_t self = ::getpid();
+  while (struct dirent* entry = ::readdir(dir)) {
+    char* end = nullptr;
+    long pid = std::strtol(entry->d_name, &end, 10);
+    if (pid <= 0 || *end != '\0' || pid == self) continue;
+    if (process_has_marker(static_cast<pid_t>(pid), marker)) out.push_back(static_cast<pid_t>(pid));
+  }
+  ::closedir(dir);
+  return out;
+}
+
+inline std::string join_pids(const std::vector<pid_t>& pids) {
+  std::string out;
+  for (pid_t pid : pids) out += (out.empty() ? "" : ", ") + std::to_string(pid);
+  return out;
+}
+
+}  // namespace detail
+
+// ------------------------------------------------------------- construction
+
+inline Manager::Manager(Config config, ManagerOptions options)
+    : config_(std::move(config)),
+      options_(std::move(options)),
+      token_(detail::random_token()),
+      tails_(config_.processes.size(), options_.output_lines_kept),
+      scheduler_(config_) {
+  if (config_.processes.empty()) throw Error(ErrorKind::config_no_processes, "processes: no processes are configured");
+  if (config_.base_directory.empty()) config_.base_directory = detail::current_directory();
+  if (options_.output_fd >= 0) out_writer_ = std::make_unique<detail::StreamWriter>(options_.output_fd);
+  if (options_.log) {
+    log_ = options_.log;
+  } else {
+    log_writer_ = std::make_unique<detail::StreamWriter>(STDERR_FILENO);
+    detail::StreamWriter* writer = log_writer_.get();
+    log_ = [writer](const std::string& message) { writer->write("pymanager: " + message + "\n"); };
+  }
+  std::size_t name_width = 0;
+  for (std::size_t i = 0; i < config_.processes.size(); ++i) {
+    auto proc = std::make_unique<Proc>();
+    proc->spec = config_.processes[i];
+    name_width = std::max(name_width, proc->spec.name.size());
+    procs_.push_back(std::move(proc));
+  }
+  if (out_writer_) {
+    printer_ = std::make_unique<detail::TerminalPrinter>(*out_writer_, name_width,
+                                                         options_.color.value_or(::isatty(options_.output_fd) == 1));
+  }
+  stop_after_.assign(procs_.size(), 0);
+  // Each process needs two pipes: raise our own descriptor limit as far as
+  // the hard limit allows; the children get the limit we were given.
+  struct rlimit limit {};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) == 0) {
+    child_nofile_ = limit.rlim_cur;
+    const rlim_t wanted = static_cast<rlim_t>(descriptors_needed()) + 1024;
+    if (limit.rlim_cur != RLIM_INFINITY && limit.rlim_cur < wanted) {
+      limit.rlim_cur = limit.rlim_max == RLIM_INFINITY ? wanted : std::min(wanted, limit.rlim_max);
+      ::setrlimit(RLIMIT_NOFILE, &limit);
+    }
+  }
+  wake_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!wake_) throw_system_error("eventfd");
+  detail::KeeperOptions keeper_options;
+  keeper_options.token = token_;
+  keeper_options.child_nofile_soft = child_nofile_;
+  core_ = std::make_unique<detail::ProcessCore>(std::move(keeper_options), [this] { wake(); });
+  event_thread_ = std::thread([this] { event_loop(); });
+}
+
+inline Manager::~Manager() {
+  shutdown();
+  wait_finished(shutdown_bound());
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopping_ = true;
+  }
+  wake();
+  if (event_thread_.joinable()) event_thread_.join();
+  core_->close();
+  if (out_writer_) {
+    out_writer_->flush(std::chrono::milliseconds(500));
+    if (std::size_t dropped = out_writer_->take_dropped(true)) {
+      log(std::to_string(dropped) + " lines not shown, " + output_name() + " was not being read");
+    }
+  }
+  if (log_writer_) log_writer_->flush(std::chrono::milliseconds(500));
+}
+
+// ------------------------------------------------------------- public API
+
+inline void Manager::start() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (shutdown_begun_) throw Error(ErrorKind::shutting_down, "shutdown has begun");
+    state_ = ManagerState::launching;
+    scheduler_.reset();
+    startup_failed_ = false;
+  }
+  std::optional<Error> failure;
+  try {
+    check_descriptor_budget();
+  } catch (const Error& e) {
+    failure = e;
+  }
+  {
+    VerifierPool pool(options_.verifier_threads);
+    std::unique_lock<std::mutex> lock(mutex_);
+    auto next_check = Clock::now() + std::chrono::seconds(1);
+    for (;;) {
+      if (failure || shutdown_begun_ || startup_failed_ || keeper_gone_ || scheduler_.all_verified()) break;
+      auto batch = scheduler_.take_launchable(kMaxSpawnsInFlight - std::min(kMaxSpawnsInFlight, spawns_in_flight_));
+      if (!batch.empty()) {
+        for (std::size_t i : batch) procs_[i]->verify_in_pool = true;
+        lock.unlock();
+        for (std::size_t i : batch) {
+          try {
+            begin_launch(i);
+          } catch (const Error& e) {
+            failure = e;
+            break;
+          }
+        }
+        lock.lock();
+        continue;
+      }
+      for (std::size_t i : to_verify_) pool.submit([this, i] { run_verifier(i); });
+      to_verify_.clear();
+      const auto now = Clock::now();
+      if (now >= next_check) {
+        next_check = now + std::chrono::seconds(1);
+        // The keeper answers a spawn within milliseconds; 30 s covers a
+        // machine that is swapping.
+        for (const auto& p : procs_) {
+          if (p->spawn_pending && p->verify_in_pool && now - p->spawn_asked > std::chrono::seconds(30)) {
+            failure = Error(ErrorKind::spawn_failed, "cannot start process " + quote(p->spec.name) +
+                                                         ": the keeper did not answer within 30s");
+          }
+        }
+        if (failure) break;
+      }
+      changed_.wait_for(lock, std::chrono::milliseconds(500), [&] {
+        return startup_failed_ || shutdown_begun_ || keeper_gone_ || !to_verify_.empty() || scheduler_.all_verified() ||
+               (scheduler_.has_launchable() && spawns_in_flight_ < kMaxSpawnsInFlight);
+      });
+    }
+    // Cancel the verifiers still running (their waits end at once), then join them.
+    startup_failed_ = startup_failed_ || failure.has_value() || shutdown_begun_ || keeper_gone_;
+    lock.unlock();
+    changed_.notify_all();
+    pool.join();
+  }
+  std::string message;
+  ErrorKind kind = ErrorKind::verify_failed;
+  bool requested;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto& p : procs_) p->verify_in_pool = false;
+    if (failure && failure->kind() != ErrorKind::shutting_down) {
+      message = failure->what();
+      kind = failure->kind();
+    } else if (!startup_failure_.empty()) {
+      message = startup_failure_;
+      kind = startup_failure_kind_;
+    } else if (keeper_lost_) {
+      message = "the keeper process was lost during start-up";
+      kind = ErrorKind::system;
+    }
+    requested = message.empty() && shutdown_begun_;
+  }
+  if (requested || !message.empty()) {
+    if (!requested) log(message);
+    shutdown();
+    wait_finished(shutdown_bound());
+    if (requested) throw Error(ErrorKind::shutting_down, "shutdown requested during start-up");
+    throw Error(kind, message);
+  }
+  Effects fx;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (shutdown_begun_) throw Error(ErrorKind::shutting_down, "shutdown requested during start-up");
+    state_ = ManagerState::running;
+    if (options_.verbose) fx.logs.push_back("all processes are up");
+    maybe_end_when_all_exited_locked(fx);
+  }
+  run(fx);
+}
+
+inline void Manager::shutdown(bool force) {
+  Effects fx;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    begin_shutdown_locked(force, fx);
+  }
+  run(fx);
+}
+
+inline bool Manager::wait_finished(std::optional<Clock::duration> timeout) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  if (!timeout) {
+    // Bounded in steps, so that a lost wake-up cannot hang it.
+    while (!finished_) changed_.wait_for(lock, std::chrono::seconds(1));
+    return true;
+  }
+  return changed_.wait_for(lock, *timeout, [&] { return finished_; });
+}
+
+inline bool Manager::finished() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return finished_;
+}
+
+inline bool Manager::shutdown_begun() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return shutdown_begun_;
+}
+
+inline ManagerState Manager::state() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return state_;
+}
+
+inline bool Manager::keeper_lost() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return keeper_lost_;
+}
+
+inline std::vector<ProcessInfo> Manager::processes() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  std::vector<ProcessInfo> out;
+  out.reserve(procs_.size());
+  for (std::size_t i = 0; i < procs_.size(); ++i) out.push_back(info_locked(i));
+  return out;
+}
+
+inline ProcessInfo Manager::process(std::size_t index) const {
+  check_index(index);
+  std::lock_guard<std::mutex> lock(mutex_);
+  return info_locked(index);
+}
+
+inline std::optional<std::size_t> Manager::index_of(const std::string& name) const {
+  for (std::size_t i = 0; i < procs_.size(); ++i) {
+    if (procs_[i]->spec.name == name) return i;
+  }
+  return std::nullopt;
+}
+
+inline std::vector<std::string> Manager::output_tail(std::size_t index, std::size_t lines) const {
+  check_index(index);
+  return tails_.last(index, lines);
+}
+
+inline void Manager::stop_process(std::size_t index, std::optional<double> grace) {
+  Operation op(*this, index, "stop");
+  const Proc& p = *procs_[index];
+  StopPlan plan = StopPlan::graceful(p.spec.stop_signal, grace.value_or(p.spec.graceful_time.value_or(config_.graceful_time)));
+  std::unique_lock<std::mutex> lock(mutex_);
+  stop_and_wait(index, std::move(plan), lock);
+}
+
+inline ProcessInfo Manager::start_process(std::size_t index) {
+  Operation op(*this, index, "start");
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!procs_[index]->quiet) return info_locked(index);
+  }
+  launch_and_verify_now(index);
+  return process(index);
+}
+
+inline ProcessInfo Manager::restart(std::size_t index, std::optional<double> grace) {
+  Operation op(*this, index, "restart");
+  const Proc& p = *procs_[index];
+  StopPlan plan = StopPlan::graceful(p.spec.stop_signal, grace.value_or(p.spec.graceful_time.value_or(config_.graceful_time)));
+  {
+    std::unique_lock<std::mutex> lock(mutex_);
+    stop_and_wait(index, std::move(plan), lock);
+  }
+  launch_and_verify_now(index);
+  return process(index);
+}
+
+inline void Manager::signal_process(std::size_t index, int sig) {
+  check_index(index);
+  std::lock_guard<std::mutex> lock(mutex_);
+  const Proc& p = *procs_[index];
+  if (p.group_alive) core_->signal_group(static_cast<std::uint32_t>(index), sig);
+  if (!p.daemons.empty()) core_->signal_daemons(static_cast<std::uint32_t>(index), sig);
+}
+
+inline void Manager::kill_process(std::size_t index) {
+  check_index(index);
+  std::unique_lock<std::mutex> lock(mutex_);
+  if (procs_[index]->quiet || shutdown_begun_) return;
+  stop_and_wait(index, StopPlan::kill_now(), lock);
+}
+
+// ----------------------------------------------------------------- launch
+
+/// How many descriptors the processes need: two pipe ends kept per process
+/// (a third for a redirect_output file), four for each spawn in flight, and
+/// room for the host's own.
+inline std::size_t Manager::descriptors_needed() const {
+  std::size_t needed = 64 + 4 * std::min<std::size_t>(procs_.size(), kMaxSpawnsInFlight);
+  for (const auto& p : procs_) needed += p->spec.redirect_output ? 3 : 2;
+  return needed;
+}
+
+inline void Manager::check_descriptor_budget() const {
+  struct rlimit limit {};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur == RLIM_INFINITY) return;
+  const std::size_t needed = descriptors_needed();
+  if (needed > limit.rlim_cur) {
+    throw Error(ErrorKind::spawn_failed,
+                "cannot start " + std::to_string(procs_.size()) + " processes: they need about " + std::to_string(needed) +
+                    " file descriptors, but the limit is " + std::to_string(limit.rlim_cur) + " (hard limit " +
+                    (limit.rlim_max == RLIM_INFINITY ? std::string("unlimited") : std::to_string(limit.rlim_max)) +
+                    "; raise it with ulimit -n)");
+  }
+}
+
+inline void Manager::begin_launch(std::size_t i) {
+  Proc& p = *procs_[i];
+  LaunchPlan plan = make_launch_plan(p.spec, config_, options_.extra_environment);
+  // The mark by which the keeper attributes daemons, and by which this
+  // manager finds what is left if the keeper is ever lost.
+  plan.envp.push_back("PYMANAGER_OWNER=" + token_ + ":" + std::to_string(i));
+  auto output = std::make_unique<Output>();
+  output->index = i;
+  detail::Pipe pipes[2];
+  try {
+    for (auto& pipe : pipes) pipe = detail::make_pipe(O_NONBLOCK);
+  } catch (const Error& e) {
+    struct rlimit limit {};
+    ::getrlimit(RLIMIT_NOFILE, &limit);
+    throw Error(ErrorKind::spawn_failed, "cannot start process " + quote(p.spec.name) + ": " + e.what() +
+                                             (errno == EMFILE ? " (the limit is " + std::to_string(limit.rlim_cur) +
+                                                                    " file descriptors; raise it with ulimit -n)"
+                                                              : std::string()));
+  }
+  // The write ends block: a child must never see EAGAIN on its stdout.
+  for (auto& pipe : pipes) ::fcntl(pipe.write.get(), F_SETFL, 0);
+  if (p.spec.redirect_output) {
+    std::string file = detail::join_dir(config_.base_directory, *p.spec.redirect_output);
+    int launches;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      launches = p.launches;
+    }
+    // The first launch starts the file afresh; restarts append to it.
+    int flags = O_WRONLY | O_CREAT | O_CLOEXEC | O_NOCTTY | (launches == 0 ? O_TRUNC : O_APPEND);
+    output->file.reset(::open(file.c_str(), flags, 0644));
+    output->file_path = file;
+    if (!output->file) {
+      throw Error(ErrorKind::spawn_failed, "cannot start process " + quote(p.spec.name) + ": redirect_output " + file +
+                                               ": " + std::strerror(errno));
+    }
+  }
+  output->echo = !p.spec.suppress_output && !p.spec.redirect_output;
+  output->fds[0] = std::move(pipes[0].read);
+  output->fds[1] = std::move(pipes[1].read);
+  detail::CoreRequest request = detail::ProcessCore::spawn_request(static_cast<std::uint32_t>(i), plan,
+                                                                   std::move(pipes[0].write), std::move(pipes[1].write));
+  Effects fx;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (shutdown_begun_) throw Error(ErrorKind::shutting_down, "shutdown has begun");
+    if (keeper_gone_) throw Error(ErrorKind::spawn_failed, "cannot start process " + quote(p.spec.name) + ": the keeper process is gone");
+    set_state_locked(i, ProcessState::starting);
+    p.spawn_pending = true;
+    p.spawn_errno = 0;
+    p.exit.reset();
+    p.exit_expected = p.spec.verifier && p.spec.verifier->verifier->expects_exit();
+    p.stop.reset();
+    p.killed = false;
+    p.working_directory = plan.working_directory;
+    p.spawn_asked = Clock::now();
+    ++spawns_in_flight_;
+    update_quiet_locked(i, fx);
+    // Registered before the spawn, so that the output is read before the
+    // exit is recorded.
+    new_outputs_.push_back(std::move(output));
+    core_->submit(std::move(request));
+  }
+  if (options_.verbose) log("launching " + quote(p.spec.name) + ": " + describe_command(p.spec));
+  run(fx);
+}
+
+inline void Manager::wait_spawned_locked(std::unique_lock<std::mutex>& lock, std::size_t i) {
+  Proc& p = *procs_[i];
+  // The keeper answers within milliseconds; 30 s covers a machine that is
+  // swapping. Past that the launch counts as failed.
+  bool answered = changed_.wait_for(lock, std::chrono::seconds(30), [&] { return !p.spawn_pending || keeper_gone_; });
+  if (!answered || p.spawn_pending) {
+    throw Error(ErrorKind::spawn_failed, "cannot start process " + quote(p.spec.name) +
+                                             (keeper_gone_ ? ": the keeper process is gone" : ": the keeper did not answer within 30s"));
+  }
+  if (p.state == ProcessState::failed) {
+    std::string why = std::strerror(p.spawn_errno);
+    if (p.spawn_stage == detail::SpawnStage::chdir) {
+      why = "working_directory " + p.working_directory + ": " + why;
+    } else if (p.spawn_stage != detail::SpawnStage::exec) {
+      why = std::string(detail::describe_stage(p.spawn_stage)) + ": " + why;
+    }
+    throw Error(ErrorKind::spawn_failed, "cannot start process " + quote(p.spec.name) + " (" + p.spec.executable + "): " + why);
+  }
+}
+
+inline void Manager::launch_and_verify_now(std::size_t i) {
+  begin_launch(i);
+  {
+    std::unique_lock<std::mutex> lock(mutex_);
+    wait_spawned_locked(lock, i);
+    if (!procs_[i]->spec.verifier) return;
+  }
+  VerifyResult result = call_verifier(i);
+  std::string message = result.passed ? std::string() : failure_message(i, result);
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    after_verified_locked(i, result.passed);
+  }
+  changed_.notify_all();
+  if (result.passed) return;
+  if (shutdown_begun()) throw Error(ErrorKind::shutting_down, "shutdown has begun");
+  throw Error(ErrorKind::verify_failed, message);
+}
+
+/// On a pool thread during start().
+inline void Manager::run_verifier(std::size_t i) {
+  VerifyResult result = call_verifier(i);
+  std::string message = result.passed ? std::string() : failure_message(i, result);
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const bool cancelled = shutdown_begun_ || startup_failed_;
+    after_verified_locked(i, result.passed);
+    if (!result.passed && !cancelled) {
+      startup_failed_ = true;
+      startup_failure_ = message;
+      startup_failure_kind_ = ErrorKind::verify_failed;
+    }
+  }
+  changed_.notify_all();
+}
+
+inline VerifyResult Manager::call_verifier(std::size_t i) {
+  Proc& p = *procs_[i];
+  Context context(*this, i);
+  VerifyResult result;
+  try {
+    result = p.spec.verifier->verifier->verify(context);
+  } catch (const std::exception& e) {
+    // A user-written verifier's exception is its failure, not the end of
+    // the manager.
+    result = VerifyResult::failure(std::string("the verifier threw: ") + e.what());
+  } catch (...) {
+    result = VerifyResult::failure("the verifier threw");
+  }
+  if (result.passed && (options_.verbose || config_.messages.verifier_verbose)) {
+    log(quote(p.spec.name) + " verified by " + p.spec.verifier->type + (result.message.empty() ? "" : ": " + result.message));
+  }
+  return result;
+}
+
+inline std::string Manager::failure_message(std::size_t i, const VerifyResult& result) const {
+  const Proc& p = *procs_[i];
+  std::string message = "process " + quote(p.spec.name) + ": verifier " + p.spec.verifier->type + " failed: " + result.message;
+  auto lines = output_tail(i, 10);
+  if (!lines.empty()) {
+    message += "\nlast output of " + quote(p.spec.name) + ":";
+    for (const auto& line : lines) message += "\n  " + line;
+  }
+  return message;
+}
+
+inline void Manager::after_verified_locked(std::size_t i, bool passed) {
+  Proc& p = *procs_[i];
+  if (p.state != ProcessState::verifying) return;  // stopped meanwhile
+  if (!passed) {
+    set_state_locked(i, ProcessState::failed);
+    return;
+  }
+  if (p.leader_alive) {
+    set_state_locked(i, ProcessState::ready);
+  } else {
+    set_state_locked(i, p.daemons.empty() ? ProcessState::exited : ProcessState::daemonized);
+  }
+  scheduler_.mark_verified(i);
+}
+
+// ------------------------------------------------------------------- stop
+
+inline StopPlan Manager::shutdown_plan(std::size_t i) const {
+  const ProcessSpec& spec = procs_[i]->spec;
+  return StopPlan::graceful(spec.stop_signal, spec.graceful_time.value_or(config_.graceful_time));
+}
+
+inline Clock::duration Manager::shutdown_bound() const {
+  Clock::duration longest{};
+  for (std::size_t i = 0; i < procs_.size(); ++i) longest = std::max(longest, shutdown_plan(i).bound());
+  const auto chain = static_cast<int>(std::max<std::size_t>(1, scheduler_.chain_length()));
+  return (longest + std::chrono::seconds(1)) * chain + std::chrono::seconds(2);
+}
+
+/// Starts carrying out `plan` for process i (or replaces a plan under way).
+inline void Manager::begin_stop_locked(std::size_t i, StopPlan plan, Effects& fx) {
+  Proc& p = *procs_[i];
+  const auto now = Clock::now();
+  p.exit_expected = true;
+  if (p.quiet) {
+    if (p.state != ProcessState::stopped && transition_allowed(p.state, ProcessState::stopped)) {
+      set_state_locked(i, ProcessState::stopped);
+    }
+    return;
+  }
+  if (p.stop) {
+    p.stop->replace(std::move(plan), now);
+  } else {
+    p.stop.emplace(std::move(plan), now);
+  }
+  if (p.state != ProcessState::stopping && !p.spawn_pending) set_state_locked(i, ProcessState::stopping);
+  advance_stop_locked(i, now, fx);
+}
+
+/// Takes the steps of process i's stop plan that are due.
+inline void Manager::advance_stop_locked(std::size_t i, Clock::time_point now, Effects& fx) {
+  Proc& p = *procs_[i];
+  // A spawn in flight is stopped once it is spawned (see handle_event).
+  if (!p.stop || p.spawn_pending) return;
+  while (const StopStep* step = p.stop->advance(now)) {
+    const bool group = p.group_alive;
+    const bool daemons = !p.daemons.empty();
+    if (!group && !daemons) break;
+    if (step->signal == SIGKILL) {
+      p.killed = true;
+      if (p.stop->plan().steps.size() > 1) {
+        fx.logs.push_back("process " + quote(p.spec.name) + " (pid " + std::to_string(p.pid) +
+                          ") did not stop within its graceful time: SIGKILL");
+        if (shutdown_begun_) state_ = ManagerState::force_shutdown;
+      }
+    }
+    if (options_.verbose) {
+      fx.logs.push_back(signal_name(step->signal) + " to " + quote(p.spec.name) +
+                        (group ? " (process group " + std::to_string(p.pid) + ")" : std::string()) +
+                        (daemons ? " (daemons " + detail::join_pids(p.daemons) + ")" : std::string()));
+    }
+    const auto id = static_cast<std::uint32_t>(i);
+    if (group) core_->signal_group(id, step->signal);
+    // Always: the keeper looks for daemons adopted since its last report first.
+    core_->signal_daemons(id, step->signal);
+  }
+  timers_.emplace(p.stop->due(), i);
+}
+
+/// Runs a stop plan and waits for it (a stop, a restart, a kill). Bounded.
+inline void Manager::stop_and_wait(std::size_t i, StopPlan plan, std::unique_lock<std::mutex>& lock) {
+  Proc& p = *procs_[i];
+  const auto bound = plan.bound() + std::chrono::seconds(5);
+  Effects fx;
+  begin_stop_locked(i, std::move(plan), fx);
+  lock.unlock();
+  run(fx);
+  wake();
+  lock.lock();
+  if (!changed_.wait_for(lock, bound, [&] { return p.quiet || keeper_gone_; })) {
+    throw Error(ErrorKind::system, "process " + quote(p.spec.name) + " (pid " + std::to_string(p.pid) +
+                                       ") did not stop, even after SIGKILL");
+  }
+}
+
+inline void Manager::begin_shutdown_locked(bool force, Effects& fx) {
+  if (!shutdown_begun_) {
+    shutdown_begun_ = true;
+    state_ = ManagerState::shutdown;
+    next_report_ = Clock::now() + std::chrono::seconds(2);
+    if (options_.verbose) fx.logs.push_back("shutting down");
+    // Each process waits for the processes that depend on it.
+    for (std::size_t i = 0; i < procs_.size(); ++i) {
+      stop_after_[i] = 0;
+      for (std::size_t d : scheduler_.dependents(i)) {
+        if (!procs_[d]->quiet) ++stop_after_[i];
+      }
+    }
+    for (std::size_t i = 0; i < procs_.size(); ++i) {
+      Proc& p = *procs_[i];
+      if (p.state == ProcessState::waiting) set_state_locked(i, ProcessState::stopped);
+    }
+  }
+  if (force) state_ = ManagerState::force_shutdown;
+  for (std::size_t i = 0; i < procs_.size(); ++i) {
+    Proc& p = *procs_[i];
+    if (force) {
+      if (!p.stop || !p.stop->killing()) begin_stop_locked(i, StopPlan::kill_now(), fx);
+    } else if (stop_after_[i] == 0 && !p.stop) {
+      begin_stop_locked(i, shutdown_plan(i), fx);
+    }
+  }
+  if (busy_ == 0 && !finished_) {
+    finished_ = true;
+    if (options_.verbose) fx.logs.push_back("all processes have stopped");
+  }
+  changed_.notify_all();
+  wake();
+}
+
+/// Process i has nothing left alive.
+inline void Manager::on_quiet_locked(std::size_t i, Effects& fx) {
+  Proc& p = *procs_[i];
+  if (p.stop) {
+    p.stop.reset();
+    if (p.state == ProcessState::stopping) set_state_locked(i, ProcessState::stopped);
+  }
+  if (shutdown_begun_) {
+    // What it depended on may stop now.
+    for (std::size_t d : scheduler_.dependencies(i)) {
+      if (stop_after_[d] > 0 && --stop_after_[d] == 0 && !procs_[d]->stop) begin_stop_locked(d, shutdown_plan(d), fx);
+    }
+    if (p.state != ProcessState::stopped && transition_allowed(p.state, ProcessState::stopped)) {
+      set_state_locked(i, ProcessState::stopped);
+    }
+    if (busy_ == 0 && !finished_) {
+      finished_ = true;
+      if (options_.verbose) fx.logs.push_back("all processes have stopped");
+    }
+  }
+}
+
+/// Recomputes whether process i is quiet and keeps busy_ in step.
+inline void Manager::update_quiet_locked(std::size_t i, Effects& fx) {
+  Proc& p = *procs_[i];
+  const bool quiet = !p.group_alive && !p.leader_alive && !p.spawn_pending && p.daemons.empty();
+  if (quiet == p.quiet) return;
+  p.quiet = quiet;
+  if (!quiet) {
+    ++busy_;
+    return;
+  }
+  --busy_;
+  on_quiet_locked(i, fx);
+}
+
+/// keep_alive false: once every launched process has exited (daemons
+/// count as running) while running, the manager shuts down (and so exits).
+inline void Manager::maybe_end_when_all_exited_locked(Effects& fx) {
+  if (config_.keep_alive || state_ != ManagerState::running || shutdown_begun_ || operations_ > 0) return;
+  for (const auto& p : procs_) {
+    if (p->leader_alive || !p->daemons.empty() || p->spawn_pending) return;
+  }
+  if (options_.verbose) fx.logs.push_back("all processes have exited");
+  begin_shutdown_locked(false, fx);
+}
+
+// ------------------------------------------------------------ event thread
+
+inline void Manager::event_loop() {
+  // Signals are for the host's other threads; SIGPIPE from a write to a
+  // reader that went away must not reach anyone.
+  sigset_t all;
+  sigfillset(&all);
+  ::pthread_sigmask(SIG_BLOCK, &all, nullptr);
+  detail::UniqueFd epoll(::epoll_create1(EPOLL_CLOEXEC));
+  if (!epoll) {
+    log(errno_message("event loop: epoll_create1", errno));
+    return;
+  }
+  // Tags: 0 the wake eventfd, 1 the keeper, 2 and 3 the writers; an output
+  // pipe is tagged with its Output's address plus 0 (stdout) or 1 (stderr).
+  auto add = [&](int fd, std::uint32_t events, std::uint64_t tag) {
+    struct epoll_event ev {};
+    ev.events = events;
+    ev.data.u64 = tag;
+    return ::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, fd, &ev) == 0;
+  };
+  add(wake_.get(), EPOLLIN, 0);
+  bool keeper_open = add(core_->fd(), EPOLLIN, 1);
+  bool keeper_wants_out = false;
+  std::vector<std::vector<std::unique_ptr<Output>>> outputs(procs_.size());
+  int writer_fds[2] = {-1, -1};
+  std::vector<struct epoll_event> ready(256);
+  std::vector<detail::CoreEvent> events;
+  for (;;) {
+    Clock::time_point next = Clock::time_point::max();
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (stopping_) break;
+      for (auto& output : new_outputs_) {
+        for (int which = 0; which < 2; ++which) {
+          auto tag = reinterpret_cast<std::uintptr_t>(output.get()) + static_cast<std::uintptr_t>(which);
+          add(output->fds[which].get(), EPOLLIN, tag);
+        }
+        outputs[output->index].push_back(std::move(output));
+      }
+      new_outputs_.clear();
+      if (!timers_.empty()) next = timers_.begin()->first;
+      if (shutdown_begun_ && !finished_) next = std::min(next, next_report_);
+    }
+    // The keeper's socket is watched for room only while requests wait.
+    if (keeper_open && !core_->flush()) {
+      keeper_open = false;
+      on_keeper_lost();
+      continue;
+    }
+    const bool wants_out = keeper_open && core_->wants_write();
+    if (keeper_open && wants_out != keeper_wants_out) {
+      struct epoll_event ev {};
+      ev.events = EPOLLIN | (wants_out ? EPOLLOUT : 0u);
+      ev.data.u64 = 1;
+      ::epoll_ctl(epoll.get(), EPOLL_CTL_MOD, core_->fd(), &ev);
+      keeper_wants_out = wants_out;
+    }
+    detail::StreamWriter* writers[2] = {out_writer_.get(), log_writer_.get()};  // either may be null
+    for (int w = 0; w < 2; ++w) {
+      int fd = writers[w] ? writers[w]->wait_fd() : -1;
+      if (fd == writer_fds[w]) continue;
+      if (writer_fds[w] >= 0) ::epoll_ctl(epoll.get(), EPOLL_CTL_DEL, writer_fds[w], nullptr);
+      // A descriptor epoll cannot watch (EPERM) is written on each pass.
+      writer_fds[w] = fd >= 0 && add(fd, EPOLLOUT, 2 + static_cast<std::uint64_t>(w)) ? fd : -1;
+    }
+    int timeout = -1;
+    if (next != Clock::time_point::max()) {
+      auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(next - Clock::now()).count() + 1;
+      timeout = static_cast<int>(std::clamp<long long>(ms, 0, 60000));
+    }
+    if ((writers[0] && writers[0]->wait_fd() >= 0 && writer_fds[0] < 0) ||
+        (writers[1] && writers[1]->wait_fd() >= 0 && writer_fds[1] < 0)) {
+      timeout = timeout < 0 ? 50 : std::min(timeout, 50);
+    }
+    int n = ::epoll_wait(epoll.get(), ready.data(), static_cast<int>(ready.size()), timeout);
+    if (n < 0 && errno != EINTR) {
+      log(errno_message("event loop: epoll_wait", errno));
+      break;
+    }
+    bool keeper_readable = false;
+    for (int k = 0; k < std::max(n, 0); ++k) {
+      const std::uint64_t tag = ready[k].data.u64;
+      if (tag == 0) {
+        std::uint64_t count;
+        ssize_t ignored = ::read(wake_.get(), &count, sizeof count);
+        (void)ignored;
+      } else if (tag == 1) {
+        keeper_readable = (ready[k].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) != 0 || keeper_readable;
+      } else if (tag >= 4) {
+        // Output first, so that an exit is recorded after the lines before it.
+        auto* output = reinterpret_cast<Output*>(static_cast<std::uintptr_t>(tag & ~std::uint64_t{1}));
+        read_output(*output, static_cast<int>(tag & 1));
+      }
+    }
+    service_writers();
+    if (keeper_open && keeper_readable) {
+      events.clear();
+      bool open = core_->read_events(events, 512);
+      for (const auto& event : events) {
+        if (event.type == detail::CoreEvent::Type::exited && event.id < procs_.size()) {
+          // Read what it printed before it exited, so that the tail is complete.
+          for (auto& output : outputs[event.id]) {
+            for (int which = 0; which < 2; ++which) {
+              if (output->fds[which]) read_output(*output, which);
+            }
+          }
+          on_exited(event.id, event);
+          continue;
+        }
+        Effects fx;
+        {
+          std::lock_guard<std::mutex> lock(mutex_);
+          handle_event(event, fx);
+        }
+        changed_.notify_all();
+        run(fx);
+      }
+      if (!open) {
+        keeper_open = false;
+        on_keeper_lost();
+      }
+    }
+    // Forget the pipes that reached their end.
+    for (auto& list : outputs) {
+      if (list.empty()) continue;
+      list.erase(std::remove_if(list.begin(), list.end(), [](const auto& o) { return o->done(); }), list.end());
+    }
+    Effects fx;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      run_timers(Clock::now(), fx);
+    }
+    run(fx);
+  }
+  // The end: what the pipes still hold is read once more.
+  for (auto& list : outputs) {
+    for (auto& output : list) {
+      for (int which = 0; which < 2; ++which) {
+        if (output->fds[which]) read_output(*output, which);
+      }
+    }
+  }
+}
+
+/// Applies one keeper event (except exits: on_exited). Under the lock.
+inline void Manager::handle_event(const detail::CoreEvent& event, Effects& fx) {
+  using Type = detail::CoreEvent::Type;
+  if (event.id >= procs_.size()) {
+    if (event.type == Type::daemon_adopted) {
+      orphans_.push_back(event.pid);
+      if (options_.verbose) fx.logs.push_back("adopted pid " + std::to_string(event.pid) + ", which no process claims (its environment was cleared)");
+    } else if (event.type == Type::daemon_gone) {
+      orphans_.erase(std::remove(orphans_.begin(), orphans_.end(), event.pid), orphans_.end());
+    }
+    return;
+  }
+  const std::size_t i = event.id;
+  Proc& p = *procs_[i];
+  switch (event.type) {
+    case Type::spawned: {
+      p.pid = event.pid;
+      p.leader_alive = true;
+      p.group_alive = true;
+      p.spawn_pending = false;
+      --spawns_in_flight_;
+      ++p.launches;
+      scheduler_.mark_started(i);
+      if (p.spec.verifier) {
+        set_state_locked(i, ProcessState::verifying);
+        if (p.verify_in_pool && !p.stop) to_verify_.push_back(i);
+      } else {
+        set_state_locked(i, ProcessState::ready);
+        scheduler_.mark_verified(i);
+      }
+      update_quiet_locked(i, fx);
+      // Shutdown began (or a stop was asked for) while the spawn was in flight.
+      if (p.stop) {
+        set_state_locked(i, ProcessState::stopping);
+        advance_stop_locked(i, Clock::now(), fx);
+      } else if (shutdown_begun_ && stop_after_[i] == 0) {
+        begin_stop_locked(i, shutdown_plan(i), fx);
+      }
+      break;
+    }
+    case Type::spawn_failed:
+      p.spawn_pending = false;
+      --spawns_in_flight_;
+      p.spawn_errno = event.error;
+      p.spawn_stage = event.stage;
+      set_state_locked(i, ProcessState::failed);
+      if (p.verify_in_pool && !startup_failed_ && !shutdown_begun_) {
+        std::string why = std::strerror(event.error);
+        if (event.stage == detail::SpawnStage::chdir) {
+          why = "working_directory " + p.working_directory + ": " + why;
+        } else if (event.stage != detail::SpawnStage::exec) {
+          why = std::string(detail::describe_stage(event.stage)) + ": " + why;
+        }
+        startup_failed_ = true;
+        startup_failure_ = "cannot start process " + quote(p.spec.name) + " (" + p.spec.executable + "): " + why;
+        startup_failure_kind_ = ErrorKind::spawn_failed;
+      }
+      update_quiet_locked(i, fx);
+      break;
+    case Type::group_empty:
+      p.group_alive = false;
+      update_quiet_locked(i, fx);
+      break;
+    case Type::daemon_adopted:
+      if (std::find(p.daemons.begin(), p.daemons.end(), event.pid) == p.daemons.end()) p.daemons.push_back(event.pid);
+      if (options_.verbose) fx.logs.push_back("process " + quote(p.spec.name) + " left daemon pid " + std::to_string(event.pid));
+      if (p.state == ProcessState::exited) set_state_locked(i, ProcessState::daemonized);
+      update_quiet_locked(i, fx);
+      // A stop under way reaches the new daemon at its next step, or now
+      // if the stop is already at its last one.
+      if (p.stop && p.stop->last_signal() != 0) core_->signal_daemons(static_cast<std::uint32_t>(i), p.stop->last_signal());
+      break;
+    case Type::daemon_gone:
+      p.daemons.erase(std::remove(p.daemons.begin(), p.daemons.end(), event.pid), p.daemons.end());
+      if (options_.verbose) fx.logs.push_back("daemon pid " + std::to_string(event.pid) + " of " + quote(p.spec.name) + " is gone");
+      if (p.state == ProcessState::daemonized && p.daemons.empty()) set_state_locked(i, ProcessState::exited);
+      update_quiet_locked(i, fx);
+      maybe_end_when_all_exited_locked(fx);
+      break;
+    case Type::exited:
+      break;
+  }
+}
+
+/// The main process of i exited: log, record, tell on_exit.
+inline void Manager::on_exited(std::size_t i, const detail::CoreEvent& event) {
+  Proc& p = *procs_[i];
+  const ExitStatus status = ExitStatus::from_wait_status(event.wait_status);
+  bool expected;
+  pid_t pid;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    expected = p.exit_expected || shutdown_begun_;
+    pid = p.pid;
+  }
+  // Logged before anyone waiting for the exit can see it, so that the
+  // messages come in the order things happened.
+  if (config_.messages.process_exit) {
+    log("process " + quote(p.spec.name) + " (pid " + std::to_string(pid) + ") exited with code " +
+        std::to_string(status.code()) + (status.signaled ? " (" + status.describe() + ")" : ""));
+  } else if (!expected && options_.verbose) {
+    // Without process.exit (or -v), exits are no output of ours: "By
+    // default, no additional output is displayed", as the original says.
+    log("process " + quote(p.spec.name) + " (pid " + std::to_string(pid) + ") exited unexpectedly with " + status.describe());
+  }
+  ProcessInfo info;
+  Effects fx;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    p.leader_alive = false;
+    p.exit = status;
+    if (p.state == ProcessState::ready) {
+      set_state_locked(i, p.daemons.empty() ? ProcessState::exited : ProcessState::daemonized);
+    }
+    info = info_locked(i);
+    update_quiet_locked(i, fx);
+    maybe_end_when_all_exited_locked(fx);
+  }
+  changed_.notify_all();
+  run(fx);
+  if (options_.on_exit) options_.on_exit(info, expected);
+}
+
+/// The keeper is gone without being asked to go (killed from outside):
+/// kill what it can no longer kill, and say exactly what was done.
+inline void Manager::on_keeper_lost() {
+  std::vector<pid_t> groups, daemons;
+  bool asked;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    keeper_gone_ = true;
+    asked = stopping_;
+    for (auto& p : procs_) {
+      if (p->group_alive) groups.push_back(p->pid);
+      daemons.insert(daemons.end(), p->daemons.begin(), p->daemons.end());
+    }
+    daemons.insert(daemons.end(), orphans_.begin(), orphans_.end());
+    if (!asked) keeper_lost_ = true;
+  }
+  if (!asked) {
+    // Its children died with it (PR_SET_PDEATHSIG); their groups and the
+    // daemons did not. A group id cannot be reused while the group has a
+    // member; a daemon's pid is checked for our mark before the kill.
+    const std::string marker = "PYMANAGER_OWNER=" + token_ + ":";
+    for (pid_t pgid : groups) ::kill(-pgid, SIGKILL);
+    std::vector<pid_t> killed_daemons;
+    for (pid_t pid : daemons) {
+      if (!detail::process_has_marker(pid, marker)) continue;
+      if (::getpgid(pid) == pid) ::kill(-pid, SIGKILL);
+      ::kill(pid, SIGKILL);
+      killed_daemons.push_back(pid);
+    }
+    // Anything else that carries our mark escaped both (a descendant that
+    // left its group before the keeper saw it as a daemon).
+    std::vector<pid_t> others;
+    for (pid_t pid : detail::processes_with_marker(marker)) {
+      ::kill(pid, SIGKILL);
+      others.push_back(pid);
+    }
+    log("the keeper process (pid " + std::to_string(core_->keeper_pid()) + ") was killed: SIGKILL to " +
+        std::to_string(groups.size()) + " process group(s)" + (groups.empty() ? "" : " (" + detail::join_pids(groups) + ")") +
+        ", " + std::to_string(killed_daemons.size()) + " daemon(s)" +
+        (killed_daemons.empty() ? "" : " (" + detail::join_pids(killed_daemons) + ")") + " and " +
+        std::to_string(others.size()) + " other process(es) carrying this manager's mark" +
+        (others.empty() ? "" : " (" + detail::join_pids(others) + ")") +
+        "; a process that cleared its environment and left its process group may have escaped");
+  }
+  Effects fx;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (std::size_t i = 0; i < procs_.size(); ++i) {
+      Proc& p = *procs_[i];
+      p.leader_alive = p.group_alive = p.spawn_pending = false;
+      p.daemons.clear();
+      update_quiet_locked(i, fx);
+    }
+    spawns_in_flight_ = 0;
+    begin_shutdown_locked(true, fx);
+  }
+  changed_.notify_all();
+  run(fx);
+}
+
+/// Stop plan steps that are due, and the "still waiting for" report.
+inline void Manager::run_timers(Clock::time_point now, Effects& fx) {
+  while (!timers_.empty() && timers_.begin()->first <= now) {
+    std::size_t i = timers_.begin()->second;
+    timers_.erase(timers_.begin());
+    Proc& p = *procs_[i];
+    if (!p.stop || p.stop->due() > now) continue;
+    if (p.stop->exhausted(now)) continue;  // stop_and_wait reports it
+    advance_stop_locked(i, now, fx);
+  }
+  if (shutdown_begun_ && !finished_ && now >= next_report_) {
+    next_report_ = now + std::chrono::seconds(2);
+    std::size_t reported = 0;
+    for (const auto& p : procs_) {
+      if (p->quiet || ++reported > 20) continue;
+      std::string what = p->leader_alive ? "" : p->group_alive ? " (its main process has exited; others in its group have not)" : "";
+      if (!p->daemons.empty()) what += " (daemons " + detail::join_pids(p->daemons) + ")";
+      std::string when = !p->stop ? "it waits for the processes that depend on it"
+                         : p->stop->killing() ? "SIGKILL sent"
+                                              : "SIGKILL in " + std::to_string(std::max<long long>(0, std::chrono::duration_cast<std::chrono::seconds>(p->stop->due() - now).count())) + "s";
+      fx.logs.push_back("waiting for process " + quote(p->spec.name) + " (pid " + std::to_string(p->pid) + ") to stop" + what + "; " + when);
+    }
+    if (reported > 20) fx.logs.push_back("... and " + std::to_string(reported - 20) + " more");
+  }
+}
+
+/// Reads what one pipe holds (bounded, for fairness) and delivers its lines.
+inline void Manager::read_output(Output& output, int which) {
+  char buffer[65536];
+  auto& fd = output.fds[which];
+  const auto stream = which == 0 ? OutputStream::out : OutputStream::err;
+  auto emit = [&](std::string_view text, bool complete) { deliver(output.index, stream, text, complete); };
+  for (int round = 0; round < 16 && fd; ++round) {
+    ssize_t n = detail::retry_eintr([&] { return ::read(fd.get(), buffer, sizeof buffer); });
+    if (n > 0) {
+      if (output.file && !output.file_failed) {
+        // redirect_output gets the bytes as they came, so nothing is lost
+        // and nothing waits for a newline.
+        if (!detail::write_all(output.file.get(), buffer, static_cast<std::size_t>(n))) {
+          output.file_failed = true;
+          log("warning: " + errno_message("cannot write the output of " + quote(procs_[output.index]->spec.name) + " to " + output.file_path, errno) +
+              " (its output is no longer written there; this is said once)");
+        }
+      }
+      output.splitters[which].feed(buffer, static_cast<std::size_t>(n), emit);
+      continue;
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+    // The end (or an error): the unfinished line, then forget the pipe.
+    output.splitters[which].finish(emit);
+    fd.reset();  // closing it also takes it out of the epoll set
+    return;
+  }
+}
+
+inline void Manager::deliver(std::size_t i, OutputStream stream, std::string_view text, bool complete) {
+  const Proc& p = *procs_[i];
+  tails_.add(i, text);
+  OutputLine line;
+  line.process = i;
+  line.name = p.spec.name;
+  line.stream = stream;
+  line.text = text;
+  line.complete = complete;
+  if (printer_ && !p.spec.suppress_output && !p.spec.redirect_output) printer_->print(line);
+  if (options_.on_output) options_.on_output(line);
+}
+
+inline void Manager::service_writers() {
+  if (log_writer_) log_writer_->on_writable();
+  if (!out_writer_) return;
+  out_writer_->on_writable();
+  if (std::size_t dropped = out_writer_->take_dropped()) {
+    log(std::to_string(dropped) + " lines not shown, " + output_name() + " is not being read");
+  }
+}
+
+inline std::string Manager::output_name() const {
+  return options_.output_fd == STDOUT_FILENO ? "stdout" : "the output (fd " + std::to_string(options_.output_fd) + ")";
+}
+
+// ------------------------------------------------------------------- small
+
+inline void Manager::set_state_locked(std::size_t i, ProcessState to) {
+  Proc& p = *procs_[i];
+  if (p.state == to) return;
+  // A transition outside the table is a bug; it is said, and taken anyway,
+  // so that the process is never stuck in a state that is no longer true.
+  if (!transition_allowed(p.state, to) && options_.verbose) {
+    log("internal: process " + quote(p.spec.name) + " went from " + to_string(p.state) + " to " + to_string(to));
+  }
+  p.state = to;
+}
+
+inline ProcessInfo Manager::info_locked(std::size_t i) const {
+  const Proc& p = *procs_[i];
+  ProcessInfo info;
+  info.id = static_cast<int>(i) + 1;
+  info.name = p.spec.name;
+  info.command = describe_command(p.spec);
+  info.running = p.leader_alive;
+  info.pid = p.pid;
+  info.exit = p.exit;
+  info.group_alive = p.group_alive;
+  info.restarts = std::max(0, p.launches - 1);
+  info.killed = p.killed;
+  info.state = p.state;
+  info.daemons.assign(p.daemons.begin(), p.daemons.end());
+  if (p.state == ProcessState::waiting) info.waiting_for = scheduler_.waiting_for(i);
+  return info;
+}
+
+inline void Manager::check_index(std::size_t index) const {
+  if (index >= procs_.size()) throw Error(ErrorKind::not_found, "no process with id " + std::to_string(index + 1));
+}
+
+inline void Manager::run(Effects& fx) {
+  for (const auto& message : fx.logs) log(message);
+  fx.logs.clear();
+}
+
+inline void Manager::wake() const {
+  std::uint64_t one = 1;
+  ssize_t ignored = ::write(wake_.get(), &one, sizeof one);
+  (void)ignored;
+}
 
 }  // namespace v1
 }  // namespace pymanager

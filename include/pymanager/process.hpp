@@ -15,6 +15,7 @@
 
 #include "pymanager/config.hpp"
 #include "pymanager/error.hpp"
+#include "pymanager/process_state.hpp"
 #include "pymanager/verifier.hpp"
 
 extern char** environ;
@@ -32,7 +33,11 @@ struct ProcessInfo {
   std::optional<ExitStatus> exit;  ///< how it ended, once it has
   bool group_alive = false;   ///< something is still running in its process group
   int restarts = 0;           ///< how many times it was started after the first launch
-  bool killed = false;        ///< its last stop needed SIGKILL (it ignored SIGTERM for the graceful time)
+  bool killed = false;        ///< its last stop needed SIGKILL (it ignored its stop signal for the graceful time)
+  ProcessState state = ProcessState::waiting;  ///< where it is in its life (see process_state.hpp)
+  std::vector<int> daemons;   ///< pids of the daemons it left (descendants that the keeper adopted)
+  /// While it waits to be launched: the processes it waits for.
+  std::vector<std::string> waiting_for;
 };
 
 /// What exactly is executed for a process: resolved before any fork.

@@ -1,0 +1,414 @@
+// Start-up as a dependency graph, shutdown in reverse order, per-process stop
+// signals and graceful times, daemons that belong to their process, and the
+// faults that must never stop the Manager. Every child writes its own
+// timestamps (tests/helpers/stamp_service), so order is read from the
+// children's clocks; every state a test needs is held by a file it creates.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <future>
+#include <mutex>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "pymanager/pymanager.hpp"
+#include "tests/test_util.hpp"
+
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using namespace std::chrono_literals;
+using testutil::wait_until;
+
+const std::string& stamp_program() {
+  static const std::string path = testutil::runfile("tests/helpers/stamp_service");
+  return path;
+}
+
+/// One line a stamp_service wrote: "<event> <pid> <microseconds>".
+struct Stamp {
+  std::string event;
+  pid_t pid = 0;
+  long long us = 0;
+};
+
+std::vector<Stamp> stamps(const std::string& file) {
+  std::vector<Stamp> out;
+  std::istringstream in(testutil::read_file(file));
+  std::string line;
+  while (std::getline(in, line)) {
+    auto last = line.rfind(' ');
+    if (last == std::string::npos) continue;
+    auto middle = line.rfind(' ', last - 1);
+    if (middle == std::string::npos) continue;
+    out.push_back({line.substr(0, middle), static_cast<pid_t>(std::atol(line.c_str() + middle + 1)),
+                   std::atoll(line.c_str() + last + 1)});
+  }
+  return out;
+}
+
+/// The time of the `nth` (0-based) stamp named `event`, or nullopt.
+std::optional<long long> when(const std::string& file, const std::string& event, std::size_t nth = 0) {
+  for (const auto& s : stamps(file)) {
+    if (s.event == event && nth-- == 0) return s.us;
+  }
+  return std::nullopt;
+}
+
+std::optional<pid_t> pid_of(const std::string& file, const std::string& event, std::size_t nth = 0) {
+  for (const auto& s : stamps(file)) {
+    if (s.event == event && nth-- == 0) return s.pid;
+  }
+  return std::nullopt;
+}
+
+/// Collects the manager's log lines; the children's output goes to a pipe
+/// the test reads.
+class Capture {
+ public:
+  Capture() {
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) throw std::runtime_error("pipe2");
+    read_fd_ = fds[0];
+    write_fd_ = fds[1];
+  }
+  ~Capture() {
+    ::close(read_fd_);
+    ::close(write_fd_);
+  }
+  pymanager::ManagerOptions options() {
+    pymanager::ManagerOptions o;
+    o.output_fd = write_fd_;
+    o.color = false;
+    o.log = [this](const std::string& line) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      log_ += line + "\n";
+    };
+    return o;
+  }
+  std::string log() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return log_;
+  }
+  std::string output() {
+    char buffer[65536];
+    for (;;) {
+      ssize_t n = ::read(read_fd_, buffer, sizeof buffer);
+      if (n <= 0) break;
+      output_.append(buffer, static_cast<std::size_t>(n));
+    }
+    return output_;
+  }
+
+ private:
+  int read_fd_, write_fd_;
+  std::mutex mutex_;
+  std::string log_;
+  std::string output_;
+};
+
+class Graph : public ::testing::Test {
+ protected:
+  void SetUp() override { dir_ = testutil::make_temp_dir(); }
+
+  std::string log_of(const std::string& name) const { return dir_ + "/" + name + ".log"; }
+  std::string file(const std::string& name) const { return dir_ + "/" + name; }
+
+  /// A stamp_service process named `name`. `port` > 0: it listens there and
+  /// an HttpOkVerifier checks it. `json`: more keys ("depends_on": ...).
+  std::string service(const std::string& name, int port, const std::vector<std::string>& flags = {},
+                      const std::string& json = "") const {
+    std::string args = "\"--stamp\", \"" + log_of(name) + "\"";
+    if (port > 0) args += ", \"--port\", \"" + std::to_string(port) + "\"";
+    for (const auto& flag : flags) args += ", \"" + flag + "\"";
+    std::string out = "\"" + name + "\": {\"executable\": \"" + stamp_program() + "\", \"arguments\": [" + args + "]";
+    if (port > 0) {
+      out += ", \"verifier\": {\"type\": \"pymutils.http_verifier.HttpOkVerifier\", \"arguments\": {\"url\": "
+             "\"http://127.0.0.1:" + std::to_string(port) + "/\", \"timeout\": 60, \"interval\": 0.05}}";
+    }
+    if (!json.empty()) out += ", " + json;
+    return out + "}";
+  }
+
+  pymanager::Config config(const std::vector<std::string>& processes, const std::string& top = "") const {
+    std::string text = R"({"modules": {"pymutils.http_verifier": {"verifiers": ["HttpOkVerifier"]}}, "keep_alive": true, )";
+    if (!top.empty()) text += top + ", ";
+    text += "\"processes\": {";
+    for (std::size_t i = 0; i < processes.size(); ++i) text += (i ? ", " : "") + processes[i];
+    text += "}}";
+    auto parsed = pymanager::parse_config(nlohmann::ordered_json::parse(text), pymanager::builtin_verifiers());
+    parsed.base_directory = dir_;
+    return parsed;
+  }
+
+  bool started(const std::string& name) const { return when(log_of(name), "start").has_value(); }
+
+  std::string dir_;
+};
+
+pymanager::ProcessInfo info(pymanager::Manager& m, const std::string& name) { return m.process(*m.index_of(name)); }
+
+TEST_F(Graph, ADiamondStartsInOrderWithItsBranchesOverlapping) {
+  int db = testutil::free_port(), api = testutil::free_port(), worker = testutil::free_port(), web = testutil::free_port();
+  // api and worker listen only once "go" exists: while both have started
+  // and neither is verified, the branches overlap by construction.
+  auto cfg = config({service("db", db, {}, R"("depends_on": [])"),
+                     service("api", api, {"--wait-for", file("go")}, R"("depends_on": ["db"])"),
+                     service("worker", worker, {"--wait-for", file("go")}, R"("depends_on": {"db": "verified"})"),
+                     service("web", web, {}, R"("depends_on": ["api", "worker"])")});
+  Capture capture;
+  pymanager::Manager manager(cfg, capture.options());
+  auto start = std::async(std::launch::async, [&] { manager.start(); });
+  ASSERT_TRUE(wait_until([&] { return started("api") && started("worker"); }, 30s)) << capture.log();
+  EXPECT_FALSE(started("web"));
+  auto waiting = info(manager, "web");
+  EXPECT_EQ(waiting.state, pymanager::ProcessState::waiting);
+  EXPECT_THAT(waiting.waiting_for, ElementsAre("api", "worker"));
+  EXPECT_EQ(info(manager, "api").state, pymanager::ProcessState::verifying);
+  testutil::write_file(file("go"), "");
+  ASSERT_EQ(start.wait_for(60s), std::future_status::ready);
+  start.get();
+  EXPECT_GE(*when(log_of("api"), "start"), *when(log_of("db"), "listening"));
+  EXPECT_GE(*when(log_of("worker"), "start"), *when(log_of("db"), "listening"));
+  EXPECT_GE(*when(log_of("web"), "start"), *when(log_of("api"), "listening"));
+  EXPECT_GE(*when(log_of("web"), "start"), *when(log_of("worker"), "listening"));
+  for (const auto& p : manager.processes()) EXPECT_EQ(p.state, pymanager::ProcessState::ready) << p.name;
+}
+
+TEST_F(Graph, StartedDoesNotWaitForTheVerifier) {
+  int db = testutil::free_port();
+  auto cfg = config({service("db", db, {"--wait-for", file("db-go")}, R"("depends_on": [])"),
+                     service("cache", 0, {}, R"("depends_on": {"db": "started"})")});
+  Capture capture;
+  pymanager::Manager manager(cfg, capture.options());
+  auto start = std::async(std::launch::async, [&] { manager.start(); });
+  ASSERT_TRUE(wait_until([&] { return started("cache"); }, 30s)) << capture.log();
+  EXPECT_EQ(info(manager, "db").state, pymanager::ProcessState::verifying);
+  EXPECT_EQ(start.wait_for(0s), std::future_status::timeout);
+  testutil::write_file(file("db-go"), "");
+  ASSERT_EQ(start.wait_for(60s), std::future_status::ready);
+  start.get();
+}
+
+TEST_F(Graph, AFileWithoutDependsOnStaysSequential) {
+  int a = testutil::free_port(), b = testutil::free_port();
+  auto cfg = config({service("a", a, {"--wait-for", file("a-go")}), service("b", b), service("c", 0)});
+  Capture capture;
+  pymanager::Manager manager(cfg, capture.options());
+  auto start = std::async(std::launch::async, [&] { manager.start(); });
+  ASSERT_TRUE(wait_until([&] { return started("a"); }, 30s)) << capture.log();
+  auto b_info = info(manager, "b");
+  EXPECT_EQ(b_info.state, pymanager::ProcessState::waiting);
+  EXPECT_THAT(b_info.waiting_for, ElementsAre("a"));
+  EXPECT_FALSE(started("b"));
+  testutil::write_file(file("a-go"), "");
+  ASSERT_EQ(start.wait_for(60s), std::future_status::ready);
+  start.get();
+  EXPECT_GE(*when(log_of("b"), "start"), *when(log_of("a"), "listening"));
+  EXPECT_GE(*when(log_of("c"), "start"), *when(log_of("b"), "listening"));
+  // Without depends_on, shutdown stops everything at once, as before.
+  manager.shutdown();
+  ASSERT_TRUE(manager.wait_finished(60s));
+  for (const auto& name : {"a", "b", "c"}) EXPECT_TRUE(when(log_of(name), "signal 15").has_value()) << name;
+}
+
+TEST_F(Graph, AFailureCancelsTheVerifiersStillRunningAndLeavesNothingBehind) {
+  int slow = testutil::free_port(), bad = testutil::free_port();
+  // "slow" never listens (its file never comes); its verifier would wait 60 s.
+  auto cfg = config({service("slow", slow, {"--wait-for", file("never")}, R"("depends_on": [])"),
+                     service("bad", bad, {"--exit", "3"}, R"("depends_on": [])"),
+                     service("after", 0, {}, R"("depends_on": ["slow", "bad"])")});
+  Capture capture;
+  pymanager::Manager manager(cfg, capture.options());
+  const auto began = std::chrono::steady_clock::now();
+  try {
+    manager.start();
+    ADD_FAILURE() << "start() should have thrown";
+  } catch (const pymanager::Error& e) {
+    EXPECT_EQ(e.kind(), pymanager::ErrorKind::verify_failed);
+    EXPECT_THAT(e.what(), HasSubstr("process 'bad'"));
+    EXPECT_THAT(e.what(), HasSubstr("exit code 3"));
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - began, 30s) << "the slow verifier was not cancelled";
+  EXPECT_TRUE(manager.finished());
+  auto slow_pid = pid_of(log_of("slow"), "start");
+  ASSERT_TRUE(slow_pid.has_value());
+  EXPECT_TRUE(wait_until([&] { return !testutil::pid_alive(*slow_pid); }));
+  EXPECT_FALSE(started("after"));
+  // One message, about the process that failed.
+  EXPECT_THAT(capture.log(), HasSubstr("process 'bad': verifier"));
+  EXPECT_THAT(capture.log(), ::testing::Not(HasSubstr("process 'slow': verifier")));
+}
+
+TEST_F(Graph, ShutdownStopsDependentsFirst) {
+  int db = testutil::free_port(), api = testutil::free_port();
+  auto cfg = config({service("db", db, {}, R"("depends_on": [])"), service("api", api, {}, R"("depends_on": ["db"])"),
+                     service("worker", 0, {}, R"("depends_on": ["db"])"), service("loner", 0, {}, R"("depends_on": [])")});
+  Capture capture;
+  pymanager::Manager manager(cfg, capture.options());
+  manager.start();
+  manager.shutdown();
+  ASSERT_TRUE(manager.wait_finished(60s));
+  auto db_signal = when(log_of("db"), "signal 15");
+  auto api_signal = when(log_of("api"), "signal 15");
+  auto worker_signal = when(log_of("worker"), "signal 15");
+  ASSERT_TRUE(db_signal && api_signal && worker_signal) << capture.log();
+  EXPECT_GT(*db_signal, *api_signal);
+  EXPECT_GT(*db_signal, *worker_signal);
+  // Unrelated: stopped at once, not after db.
+  auto loner_signal = when(log_of("loner"), "signal 15");
+  ASSERT_TRUE(loner_signal);
+  EXPECT_LT(*loner_signal, *db_signal);
+  for (const auto& p : manager.processes()) EXPECT_EQ(p.state, pymanager::ProcessState::stopped) << p.name;
+}
+
+TEST_F(Graph, StopSignalAndPerProcessGracefulTime) {
+  // A top-level graceful time of two minutes: the test ends in seconds only
+  // if "stubborn" gets its own 0.2 s.
+  auto cfg = config({service("pg", 0, {}, R"("options": {"stop_signal": "SIGINT"})"),
+                     service("stubborn", 0, {"--ignore-signals"}, R"("options": {"graceful_time": 0.2})")},
+                    R"("graceful_time": 120)");
+  Capture capture;
+  pymanager::Manager manager(cfg, capture.options());
+  manager.start();
+  ASSERT_TRUE(wait_until([&] { return when(log_of("stubborn"), "listening").has_value(); }));
+  const auto began = std::chrono::steady_clock::now();
+  manager.shutdown();
+  ASSERT_TRUE(manager.wait_finished(60s));
+  EXPECT_LT(std::chrono::steady_clock::now() - began, 50s);
+  EXPECT_TRUE(when(log_of("pg"), "signal 2").has_value()) << testutil::read_file(log_of("pg"));
+  EXPECT_TRUE(when(log_of("stubborn"), "signal 15").has_value());
+  EXPECT_TRUE(info(manager, "stubborn").killed);
+  EXPECT_FALSE(info(manager, "pg").killed);
+}
+
+TEST_F(Graph, EnvironmentReachesTheChild) {
+  auto cfg = config({R"("env": {"executable": "sh", "arguments": ["-c", "printf '%s|%s\n' \"$GREETING\" \"$HOME\""],
+                       "options": {"environment": {"GREETING": "a b 'c' $d", "HOME": "/nowhere"}}})"});
+  Capture capture;
+  pymanager::Manager manager(cfg, capture.options());
+  manager.start();
+  EXPECT_TRUE(wait_until([&] { return capture.output().find("a b 'c' $d|/nowhere") != std::string::npos; }))
+      << capture.output();
+}
+
+TEST_F(Graph, ADaemonIsListedStoppedGracefullyAndReplacedOnRestart) {
+  int port = testutil::free_port();
+  auto cfg = config({service("db", port, {"--daemonize"})});
+  Capture capture;
+  pymanager::Manager manager(cfg, capture.options());
+  manager.start();
+  ASSERT_TRUE(wait_until([&] { return !info(manager, "db").daemons.empty(); }, 30s)) << capture.log();
+  auto first = info(manager, "db");
+  auto daemon = pid_of(log_of("db"), "daemon");
+  ASSERT_TRUE(daemon.has_value());
+  EXPECT_THAT(first.daemons, ElementsAre(*daemon));
+  EXPECT_EQ(first.state, pymanager::ProcessState::daemonized);
+  EXPECT_FALSE(first.running);
+  ASSERT_TRUE(first.exit.has_value());
+  EXPECT_EQ(first.exit->code(), 0);
+
+  manager.restart(*manager.index_of("db"));
+  // The old daemon had its SIGTERM and was gone before the new launcher ran.
+  auto old_signal = when(log_of("db"), "signal 15");
+  ASSERT_TRUE(old_signal.has_value()) << testutil::read_file(log_of("db"));
+  EXPECT_FALSE(testutil::pid_alive(*daemon));
+  auto second_start = when(log_of("db"), "start", 1);
+  ASSERT_TRUE(second_start.has_value());
+  EXPECT_GT(*second_start, *old_signal);
+  ASSERT_TRUE(wait_until([&] { return !info(manager, "db").daemons.empty(); }, 30s));
+  auto new_daemon = pid_of(log_of("db"), "daemon", 1);
+  ASSERT_TRUE(new_daemon.has_value());
+  EXPECT_THAT(info(manager, "db").daemons, ElementsAre(*new_daemon));
+
+  manager.shutdown();
+  ASSERT_TRUE(manager.wait_finished(60s));
+  EXPECT_TRUE(when(log_of("db"), "signal 15", 1).has_value());
+  EXPECT_FALSE(testutil::pid_alive(*new_daemon));
+  EXPECT_FALSE(info(manager, "db").killed) << "the daemon should have stopped on its SIGTERM";
+}
+
+TEST_F(Graph, AStdoutNobodyReadsNeverBlocksTheManager) {
+  // A pipe the test never reads: it fills after 64 KiB.
+  int fds[2];
+  ASSERT_EQ(::pipe2(fds, O_CLOEXEC), 0);
+  auto cfg = config({R"("spam": {"executable": "sh", "arguments": ["-c", "while :; do echo spam spam spam spam spam; done"]})",
+                     R"("kept": {"executable": "sh", "arguments": ["-c", "seq 1 20000; exec sleep 600"],
+                        "options": {"redirect_output": "kept.txt"}})"},
+                    R"("graceful_time": 5)");
+  std::mutex mutex;
+  std::string log;
+  pymanager::ManagerOptions options;
+  options.output_fd = fds[1];
+  options.color = false;
+  options.log = [&](const std::string& line) {
+    std::lock_guard<std::mutex> lock(mutex);
+    log += line + "\n";
+  };
+  std::string expected;
+  for (int i = 1; i <= 20000; ++i) expected += std::to_string(i) + "\n";
+  {
+    pymanager::Manager manager(cfg, options);
+    manager.start();
+    ASSERT_TRUE(wait_until([&] { return testutil::read_file(file("kept.txt")) == expected; }, 30s));
+    const auto began = std::chrono::steady_clock::now();
+    manager.shutdown();
+    ASSERT_TRUE(manager.wait_finished(30s));
+    EXPECT_LT(std::chrono::steady_clock::now() - began, 20s);
+  }
+  EXPECT_EQ(testutil::read_file(file("kept.txt")), expected);
+  std::lock_guard<std::mutex> lock(mutex);
+  EXPECT_THAT(log, ::testing::ContainsRegex("[0-9]+ lines not shown, the output \\(fd [0-9]+\\) was not being read"));
+  ::close(fds[0]);
+  ::close(fds[1]);
+}
+
+TEST_F(Graph, TwoThousandProcessesStopCleanly) {
+  std::vector<std::string> processes;
+  for (int i = 0; i < 2000; ++i) {
+    processes.push_back("\"s" + std::to_string(i) + R"(": {"executable": "sleep", "arguments": ["600"], "depends_on": []})");
+  }
+  Capture capture;
+  pymanager::Manager manager(config(processes), capture.options());
+  manager.start();
+  std::vector<pid_t> pids;
+  for (const auto& p : manager.processes()) {
+    EXPECT_TRUE(p.running) << p.name;
+    pids.push_back(p.pid);
+  }
+  manager.shutdown();
+  ASSERT_TRUE(manager.wait_finished(120s)) << capture.log();
+  for (pid_t pid : pids) ASSERT_FALSE(testutil::pid_alive(pid)) << pid;
+  EXPECT_THAT(capture.log(), ::testing::Not(HasSubstr("SIGKILL")));
+}
+
+TEST_F(Graph, AKilledKeeperLeavesNothingAliveAndIsReported) {
+  int port = testutil::free_port();
+  auto cfg = config({R"("tree": {"executable": "sh", "arguments": ["-c", "sleep 600 & echo child $!; exec sleep 600"]})",
+                     service("db", port, {"--daemonize"})});
+  Capture capture;
+  pymanager::Manager manager(cfg, capture.options());
+  manager.start();
+  ASSERT_TRUE(wait_until([&] { return !info(manager, "db").daemons.empty(); }, 30s)) << capture.log();
+  ASSERT_TRUE(wait_until([&] { return capture.output().find("child ") != std::string::npos; }));
+  std::vector<pid_t> pids = testutil::pids_after(capture.output(), "child ");
+  pids.push_back(info(manager, "tree").pid);
+  pids.push_back(info(manager, "db").daemons.front());
+  ASSERT_EQ(::kill(manager.keeper_pid(), SIGKILL), 0);
+  ASSERT_TRUE(wait_until([&] { return manager.finished(); }, 30s));
+  EXPECT_TRUE(manager.keeper_lost());
+  for (pid_t pid : pids) EXPECT_TRUE(wait_until([&] { return !testutil::pid_alive(pid); })) << pid;
+  EXPECT_THAT(capture.log(), HasSubstr("the keeper process (pid"));
+  EXPECT_THAT(capture.log(), HasSubstr("daemon(s) (" + std::to_string(pids.back()) + ")"));
+}
+
+}  // namespace
