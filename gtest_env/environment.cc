@@ -65,8 +65,6 @@ bool make_directories(const std::string& path) {
   }
 }
 
-void default_log(const std::string& message) { detail::write_all(STDERR_FILENO, "pymanager: " + message + "\n"); }
-
 /// Copies a file; false when it cannot.
 bool copy_file(const std::string& from, const std::string& to) {
   std::ifstream in(from, std::ios::binary);
@@ -125,8 +123,7 @@ std::string resolve_path(const std::string& path) {
     tried.push_back(candidate);
     return path_exists(candidate);
   };
-  const std::string cwd = detail::current_directory();
-  if (try_candidate(detail::join_dir(cwd, path))) return tried.back();
+  if (try_candidate(absolute_path(path))) return tried.back();
 
   // The same file as Bazel may name it: workspace-relative ("dir/f.json"),
   // with the workspace in front ("ws/dir/f.json"), or as $(rootpath) names a
@@ -163,7 +160,7 @@ std::string resolve_path(const std::string& path) {
   // `bazel run`: a path the user typed is relative to where they typed it.
   for (const char* variable : {"BUILD_WORKING_DIRECTORY", "BUILD_WORKSPACE_DIRECTORY"}) {
     std::string dir = getenv_string(variable);
-    if (!dir.empty() && try_candidate(detail::join_dir(dir, path))) return tried.back();
+    if (!dir.empty() && try_candidate(absolute_path(path, dir))) return tried.back();
   }
   std::string where;
   for (const auto& candidate : tried) where += (where.empty() ? "" : ", ") + candidate;
@@ -238,7 +235,7 @@ class Session {
  public:
   Session(ConfigSource source, Options options, bool global)
       : source_(std::move(source)), options_(std::move(options)), global_(global) {
-    if (!options_.log) options_.log = default_log;
+    if (!options_.log) options_.log = log_to_stderr;
   }
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
@@ -254,8 +251,10 @@ class Session {
     quiet_ = false;
     Config config;
     try {
-      config = load_config();
-      for (const auto& warning : config.warnings) options_.log(source_name() + ": warning: " + warning);
+      LoadedConfig loaded = load();
+      for (const auto& warning : loaded.warnings()) options_.log(warning);
+      ports_ = std::move(loaded.ports);
+      config = std::move(loaded.config);
       prepare_outputs(config);
     } catch (...) {
       // The ports a bad config reserved are given back at once.
@@ -282,17 +281,8 @@ class Session {
     try {
       manager_ = std::make_unique<Manager>(std::move(config), std::move(manager_options));
       live_manager_.store(manager_.get());
-      const HttpSpec& http = manager_->config().http;
-      if (http.enabled) {
-        HttpApiOptions api_options;
-        api_options.host = http.host;
-        api_options.port = http.port;
-        api_options.token = http.token;
-        if (!api_options.token && !getenv_string("PYMANAGER_TOKEN").empty()) api_options.token = getenv_string("PYMANAGER_TOKEN");
-        api_options.log = options_.log;
-        api_ = std::make_unique<HttpApi>(*manager_, api_options);
-        api_->start();
-      }
+      // Bound before anything is launched: a port in use fails the set-up at once.
+      api_ = start_http_api(*manager_, manager_->config().http, options_.log);
       manager_->start();
     } catch (...) {
       stop_everything();
@@ -414,29 +404,21 @@ class Session {
     bool reported = false;
   };
 
-  Config load_config() {
-    VerifierRegistry registry = options_.verifiers.value_or(builtin_verifiers());
+  /// The config of the source, with the ports it uses. Errors are named by
+  /// source_name(), the path as the user gave it.
+  LoadedConfig load() const {
     if (source_.config_) {
-      ports_ = source_.ports_ ? source_.ports_ : std::make_shared<PortAllocator>(options_.ports);
-      return *source_.config_;
+      // Run as it is, with the caller's ports if it has any.
+      auto ports = source_.ports_ ? source_.ports_ : std::make_shared<PortAllocator>(options_.ports);
+      return LoadedConfig{*source_.config_, std::move(ports), source_name()};
     }
-    ports_ = std::make_shared<PortAllocator>(options_.ports);
-    nlohmann::ordered_json json;
-    if (source_.json_) {
-      json = *source_.json_;
-    } else {
-      if (source_.path_.empty()) {
-        throw Error(ErrorKind::config_not_found,
-                    "no pymanager config: pass --pymanager_config=PATH to the test, or set PYMANAGER_CONFIG");
-      }
-      json = read_config_json(resolve_path(source_.path_));
+    const VerifierRegistry registry = options_.verifiers.value_or(builtin_verifiers());
+    if (source_.json_) return load_config_json(*source_.json_, source_name(), registry, options_.ports);
+    if (source_.path_.empty()) {
+      throw Error(ErrorKind::config_not_found,
+                  "no pymanager config: pass --pymanager_config=PATH to the test, or set PYMANAGER_CONFIG");
     }
-    try {
-      expand_ports(json, *ports_);
-      return parse_config(json, registry);
-    } catch (const Error& e) {
-      throw Error(e.kind(), source_name() + ": " + e.what());
-    }
+    return load_config_json(read_config_json(resolve_path(source_.path_)), source_name(), registry, options_.ports);
   }
 
   /// Decides where each process's output goes: a live file for what the
@@ -462,7 +444,7 @@ class Session {
         }
       }
     }
-    const std::string base_directory = config.base_directory.empty() ? detail::current_directory() : config.base_directory;
+    const std::string base_directory = config.base_directory.empty() ? current_directory() : config.base_directory;
     has_verifier_.clear();
     for (const auto& spec : config.processes) {
       names_.push_back(spec.name);
@@ -470,7 +452,7 @@ class Session {
       std::string file = scope_dir.empty() ? "" : scope_dir + "/" + file_name_for(spec.name) + ".log";
       if (spec.suppress_output) file.clear();
       if (spec.redirect_output) {
-        redirects_.push_back(detail::join_dir(base_directory, *spec.redirect_output));
+        redirects_.push_back(absolute_path(*spec.redirect_output, base_directory));
         live_files_.emplace_back();
         output_files_.push_back(redirects_.back());
       } else {

@@ -30,15 +30,11 @@
 #include <nlohmann/json.hpp>
 
 #include "pymanager/pymanager.hpp"
+#include "tools/posix_io.hpp"
 
 namespace pymanager_tool {
 
 inline std::string state_file_for(const std::string& config_path) { return config_path + ".pymanager-state"; }
-
-inline std::string absolute_path(const std::string& path) {
-  if (!path.empty() && path[0] == '/') return path;
-  return pymanager::detail::join_dir(pymanager::detail::current_directory(), path);
-}
 
 /// Written when a manager starts, removed when it exits (if it is still ours).
 class StateFile {
@@ -48,7 +44,7 @@ class StateFile {
     nlohmann::json state = {{"pid", pid_},
                             {"url", url ? nlohmann::json(*url) : nlohmann::json(nullptr)},
                             {"token", token_source ? nlohmann::json(token_source) : nlohmann::json(nullptr)},
-                            {"config", absolute_path(config_path)},
+                            {"config", pymanager::absolute_path(config_path)},
                             {"version", pymanager::version()}};
     // A fresh temporary file (O_EXCL: never an existing file or a link that
     // another user planted in the folder), then an atomic rename, which
@@ -60,7 +56,7 @@ class StateFile {
       return;
     }
     std::string text = state.dump(2) + "\n";
-    bool ok = ::fchmod(fd, 0644) == 0 && pymanager::detail::write_all(fd, text);
+    bool ok = ::fchmod(fd, 0644) == 0 && write_all(fd, text);
     ok = ::close(fd) == 0 && ok;
     if (!ok || std::rename(tmp.c_str(), path_.c_str()) != 0) {
       error_ = pymanager::errno_message("cannot write state file " + path_, errno);
@@ -136,7 +132,7 @@ inline bool process_alive(int pid) { return pid > 0 && (::kill(pid, 0) == 0 || e
 /// at most 64 KiB of JSON. Another user who can write the config's folder
 /// could otherwise point ctl, and the token, at an address of theirs.
 inline nlohmann::json read_trusted_state(const std::string& path, const std::string& config_path) {
-  pymanager::detail::UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY));
+  ScopedFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY));
   if (!fd) {
     if (errno == ENOENT) {
       throw CtlFailure(kCtlUnreachable, "no running pymanager found for " + config_path + " (no state file " + path +
@@ -159,7 +155,7 @@ inline nlohmann::json read_trusted_state(const std::string& path, const std::str
     throw CtlFailure(kCtlUnreachable, "state file " + path + " is writable by others (mode " + mode + "): not trusted");
   }
   std::string text(64 * 1024 + 1, '\0');
-  ssize_t n = pymanager::detail::retry_eintr([&] { return ::read(fd.get(), &text[0], text.size()); });
+  ssize_t n = read_some(fd.get(), &text[0], text.size());
   if (n < 0) throw CtlFailure(kCtlUnreachable, pymanager::errno_message("cannot read state file " + path, errno));
   if (static_cast<std::size_t>(n) == text.size()) throw CtlFailure(kCtlUnreachable, "state file " + path + " is too large");
   text.resize(static_cast<std::size_t>(n));
@@ -205,12 +201,12 @@ inline std::vector<std::string> listening_socket_inodes(int port) {
   char wanted[8];
   std::snprintf(wanted, sizeof wanted, "%04X", static_cast<unsigned>(port));
   for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
-    pymanager::detail::UniqueFd fd(::open(table, O_RDONLY | O_CLOEXEC));
+    ScopedFd fd(::open(table, O_RDONLY | O_CLOEXEC));
     if (!fd) continue;
     std::string text;
     std::vector<char> chunk(1 << 20);
     for (int reads = 0; reads < 64; ++reads) {
-      ssize_t n = pymanager::detail::retry_eintr([&] { return ::read(fd.get(), chunk.data(), chunk.size()); });
+      ssize_t n = read_some(fd.get(), chunk.data(), chunk.size());
       if (n <= 0) break;
       text.append(chunk.data(), static_cast<std::size_t>(n));
     }
@@ -246,6 +242,26 @@ inline bool process_holds_socket(int pid, const std::vector<std::string>& inodes
   }
   ::closedir(fds);
   return found;
+}
+
+/// `text` with every byte but letters, digits and -_.!~*'() as %XX, so that
+/// an id such as "my web" or "a/b" stays one path segment of the request.
+inline std::string percent_encode(const std::string& text) {
+  const char* const hex = "0123456789ABCDEF";
+  std::string out;
+  for (char c : text) {
+    const auto byte = static_cast<unsigned char>(c);
+    const bool kept = (byte >= 'a' && byte <= 'z') || (byte >= 'A' && byte <= 'Z') || (byte >= '0' && byte <= '9') ||
+                      std::string("-_.!~*'()").find(c) != std::string::npos;
+    if (kept) {
+      out += c;
+    } else {
+      out += '%';
+      out += hex[byte >> 4];
+      out += hex[byte & 0xF];
+    }
+  }
+  return out;
 }
 
 inline CtlTarget find_manager(const std::string& config_path, const std::optional<std::string>& url) {
@@ -412,7 +428,7 @@ inline int run_ctl(const std::vector<std::string>& args) {
     client.set_read_timeout(std::chrono::seconds(600));
     httplib::Headers headers;
     if (target.token) headers.emplace("Authorization", "Bearer " + *target.token);
-    std::string id = needs_id ? httplib::detail::encode_query_param(positional[1]) : "";
+    std::string id = needs_id ? percent_encode(positional[1]) : "";
     httplib::Result result = [&] {
       if (command == "list") return client.Get("/", headers);
       if (command == "status") return client.Get("/status", headers);
@@ -422,7 +438,7 @@ inline int run_ctl(const std::vector<std::string>& args) {
     }();
     if (!result) {
       throw CtlFailure(kCtlUnreachable, "cannot reach pymanager at " + target.url + ": " +
-                                            pymanager::detail::describe_http_error(result.error()));
+                                            pymanager::describe_http_error(result.error()));
     }
     nlohmann::json body = nlohmann::json::parse(result->body, nullptr, /*allow_exceptions=*/false);
     const auto unexpected = [&] { return unexpected_answer(target.url, result->status, result->body); };

@@ -23,6 +23,7 @@
 
 #include "pymanager/pymanager.hpp"
 #include "tools/ctl.hpp"
+#include "tools/posix_io.hpp"
 
 namespace {
 
@@ -117,7 +118,7 @@ class Logger {
   }
   void operator()(const std::string& message) const {
     if (fd_ < 0) {
-      pymanager::detail::write_all(STDERR_FILENO, "pymanager: " + message + "\n");
+      pymanager::log_to_stderr(message);
       return;
     }
     char stamp[32];
@@ -125,12 +126,11 @@ class Logger {
     struct tm local {};
     ::localtime_r(&now, &local);
     std::strftime(stamp, sizeof stamp, "%Y-%m-%d %H:%M:%S", &local);
-    if (!pymanager::detail::write_all(fd_, std::string(stamp) + " pymanager: " + message + "\n") &&
+    if (!pymanager_tool::write_all(fd_, std::string(stamp) + " pymanager: " + message + "\n") &&
         !failure_reported_.exchange(true)) {
       // A full disk: said once on stderr, and pymanager goes on.
-      pymanager::detail::write_all(STDERR_FILENO, "pymanager: warning: " +
-                                                      pymanager::errno_message("cannot write log file " + path_, errno) +
-                                                      " (messages are lost until writes succeed again)\n");
+      pymanager::log_to_stderr("warning: " + pymanager::errno_message("cannot write log file " + path_, errno) +
+                               " (messages are lost until writes succeed again)");
     }
   }
   int fd() const { return fd_; }
@@ -161,7 +161,7 @@ int daemonize_or_exit(const Logger& logger) {
     std::string verdict;
     char buffer[4096];
     for (;;) {
-      ssize_t n = pymanager::detail::retry_eintr([&] { return ::read(status_pipe[0], buffer, sizeof buffer); });
+      ssize_t n = pymanager_tool::read_some(status_pipe[0], buffer, sizeof buffer);
       if (n <= 0) break;
       verdict.append(buffer, static_cast<std::size_t>(n));
     }
@@ -210,7 +210,7 @@ class SignalWatcher {
       int interrupts = 0;
       for (;;) {
         struct pollfd fds[2] = {{signal_fd_, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
-        if (pymanager::detail::retry_eintr([&] { return ::poll(fds, 2, -1); }) < 0) return;
+        if (pymanager_tool::poll_forever(fds, 2) < 0) return;
         if (fds[1].revents & POLLIN) return;
         signalfd_siginfo info;
         if (::read(signal_fd_, &info, sizeof info) != static_cast<ssize_t>(sizeof info)) continue;
@@ -262,23 +262,17 @@ int main(int argc, char** argv) {
   Options options = parse_arguments(argc, argv);
   Logger logger(options.logfile);
 
-  // `${port:NAME}` placeholders get free ports, held until pymanager exits
-  // (the daemon keeps them after the fork: the locks are shared).
-  pymanager::PortAllocator ports;
-  pymanager::Config config;
+  // `${port:NAME}` placeholders get free ports, held by loaded.ports until
+  // pymanager exits (the daemon keeps them after the fork: the locks are shared).
+  pymanager::LoadedConfig loaded;
   try {
-    nlohmann::ordered_json json = pymanager::read_config_json(options.file);
-    try {
-      pymanager::expand_ports(json, ports);
-      config = pymanager::parse_config(json, pymanager::builtin_verifiers());
-    } catch (const pymanager::Error& e) {
-      throw pymanager::Error(e.kind(), options.file + ": " + e.what());
-    }
+    loaded = pymanager::load_config(options.file, pymanager::builtin_verifiers());
   } catch (const pymanager::Error& e) {
     std::cerr << "pymanager: " << e.what() << "\n";
     return pymanager::exit_code_for(e.kind());
   }
-  for (const auto& warning : config.warnings) logger(options.file + ": warning: " + warning);
+  for (const auto& warning : loaded.warnings()) logger(warning);
+  pymanager::Config& config = loaded.config;
   if (options.debug) {
     config.messages.process_exit = true;
     config.messages.verifier_fail = true;
@@ -288,7 +282,7 @@ int main(int argc, char** argv) {
   int status_fd = options.daemon ? daemonize_or_exit(logger) : -1;
   auto report = [&](const std::string& verdict) {
     if (status_fd < 0) return;
-    pymanager::detail::write_all(status_fd, verdict);
+    pymanager_tool::write_all(status_fd, verdict);
     ::close(status_fd);
     status_fd = -1;
   };
@@ -308,19 +302,16 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGUSR2);
   ::pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  // The token: from the config, or else from the environment.
+  // Kept apart: the config moves into the Manager.
   const pymanager::HttpSpec http = config.http;
-  std::optional<std::string> token = http.token;
-  const char* token_source = token ? "config" : nullptr;
-  if (const char* env_token = std::getenv("PYMANAGER_TOKEN"); !token && env_token && *env_token) {
-    token = env_token;
-    token_source = "environment";
-  }
+  // The state file says where the token comes from (never the token).
+  const pymanager::ApiToken token = pymanager::api_token(http);
 
+  auto log = [&logger](const std::string& message) { logger(message); };
   pymanager::ManagerOptions manager_options;
   manager_options.verbose = options.verbose;
-  manager_options.extra_environment = ports.environment();
-  manager_options.log = [&logger](const std::string& message) { logger(message); };
+  manager_options.extra_environment = loaded.ports->environment();
+  manager_options.log = log;
   int exit_code = 0;
   {
     std::unique_ptr<pymanager::Manager> manager;
@@ -334,23 +325,15 @@ int main(int argc, char** argv) {
     // The API binds before anything is launched: a port in use is an error
     // that leaves nothing behind.
     std::unique_ptr<pymanager::HttpApi> api;
-    if (http.enabled) {
-      pymanager::HttpApiOptions api_options;
-      api_options.host = http.host;
-      api_options.port = http.port;
-      api_options.token = token;
-      api_options.log = [&logger](const std::string& message) { logger(message); };
-      api = std::make_unique<pymanager::HttpApi>(*manager, api_options);
-      try {
-        api->start();
-      } catch (const pymanager::Error& e) {
-        logger(e.what());
-        report(e.what());
-        return 5;
-      }
+    try {
+      api = pymanager::start_http_api(*manager, http, log);
+    } catch (const pymanager::Error& e) {
+      logger(e.what());
+      report(e.what());
+      return 5;
     }
     pymanager_tool::StateFile state_file(options.file, api ? std::optional<std::string>(api->url()) : std::nullopt,
-                                         api ? token_source : nullptr);
+                                         api && token.value ? token.source.c_str() : nullptr);
     if (!state_file.error().empty()) logger("warning: " + state_file.error() + " (pymanager ctl will not find this manager)");
     SignalWatcher watcher(signals);
     watcher.watch(*manager, logger);

@@ -12,6 +12,7 @@
 
 #include "pymanager/config.hpp"
 #include "pymanager/error.hpp"
+#include "pymanager/frontend.hpp"
 #include "pymanager/http_api.hpp"
 #include "pymanager/manager.hpp"
 #include "pymanager/ports.hpp"

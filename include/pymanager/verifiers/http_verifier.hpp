@@ -91,6 +91,11 @@ inline std::string describe_http_error(httplib::Error error) {
 
 }  // namespace detail
 
+/// What a failed cpp-httplib request means, in the words of pymanager's own
+/// messages ("connection refused", "connection timed out", ...): for a
+/// verifier or a client of your own that reports like the built-in ones.
+inline std::string describe_http_error(httplib::Error error) { return detail::describe_http_error(error); }
+
 class HttpOkVerifier : public Verifier {
  public:
   static constexpr const char* kName = "pymutils.http_verifier.HttpOkVerifier";
