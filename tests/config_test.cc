@@ -1,20 +1,28 @@
-// Unit tests of the config parser: parse_config and load_config_file.
+// Unit tests of the config parser: parse_config and load_config_file, and
+// how options.environment reaches a child (make_launch_plan).
 //
 // Each failure case checks what a user would look at: the error kind (which
 // decides the exit code) and that the message names the JSON path of the
 // bad value, in the form `<path>: <problem>`.
+#include <fcntl.h>
+#include <signal.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <initializer_list>
+#include <iterator>
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -23,6 +31,9 @@
 
 #include "pymanager/config.hpp"
 #include "pymanager/error.hpp"
+#include "pymanager/ports.hpp"
+#include "pymanager/process.hpp"
+#include "pymanager/signals.hpp"
 #include "pymanager/verifier.hpp"
 #include "pymanager/verifiers/builtin.hpp"
 #include "pymanager/verifiers/exited_verifier.hpp"
@@ -1290,4 +1301,536 @@ TEST(ConfigHostile, ManyProcessesParseInOrder) {
   EXPECT_EQ(config.processes.front().name, "p0");
   EXPECT_EQ(config.processes[14321].name, "p14321");
   EXPECT_EQ(config.processes.back().name, "p19999");
+}
+
+// ---------------------------------------------------------------------------
+// depends_on (issue 9): the graph is checked completely before anything runs.
+
+namespace {
+
+// A process for the dependency tests, with `depends_on` set to `depends_on`
+// unless it is null.
+Json process_depending_on(const Json& depends_on) {
+  Json process = parse_json(R"({"executable": "x", "arguments": []})");
+  if (!depends_on.is_null()) process["depends_on"] = depends_on;
+  return process;
+}
+
+// {"processes": {name: process_depending_on(depends_on), ...}} in the given order.
+Json graph(std::initializer_list<std::pair<const char*, Json>> processes) {
+  Json config = Json::object();
+  config["processes"] = Json::object();
+  for (const auto& entry : processes) config["processes"][entry.first] = process_depending_on(entry.second);
+  return config;
+}
+
+}  // namespace
+
+TEST(ConfigDependsOn, NoKeyAnywhereKeepsTheFileOrder) {
+  Config config = pymanager::parse_config(graph({{"db", nullptr}, {"api", nullptr}}), builtins());
+  EXPECT_FALSE(config.processes[0].depends_on.has_value());
+  EXPECT_FALSE(config.processes[1].depends_on.has_value());
+  EXPECT_FALSE(config.uses_dependencies());
+}
+
+TEST(ConfigDependsOn, ListFormMeansVerifiedAndResolvesIndices) {
+  // "api" names "cache", which is written after it.
+  Config config = pymanager::parse_config(
+      graph({{"db", nullptr}, {"api", parse_json(R"(["db", "cache"])")}, {"cache", nullptr}}), builtins());
+  EXPECT_TRUE(config.uses_dependencies());
+  EXPECT_FALSE(config.processes[0].depends_on.has_value()) << "a process without the key depends on nothing";
+  ASSERT_TRUE(config.processes[1].depends_on.has_value());
+  const auto& deps = *config.processes[1].depends_on;
+  ASSERT_EQ(deps.size(), 2u);
+  EXPECT_EQ(deps[0].name, "db");
+  EXPECT_EQ(deps[0].index, 0u);
+  EXPECT_EQ(deps[0].condition, pymanager::DependencyCondition::verified);
+  EXPECT_EQ(deps[1].name, "cache");
+  EXPECT_EQ(deps[1].index, 2u);
+  EXPECT_EQ(deps[1].condition, pymanager::DependencyCondition::verified);
+}
+
+TEST(ConfigDependsOn, ObjectFormGivesEachCondition) {
+  Config config = pymanager::parse_config(
+      graph({{"db", nullptr}, {"cache", nullptr}, {"api", parse_json(R"({"db": "verified", "cache": "started"})")}}),
+      builtins());
+  ASSERT_TRUE(config.processes[2].depends_on.has_value());
+  const auto& deps = *config.processes[2].depends_on;
+  ASSERT_EQ(deps.size(), 2u);
+  EXPECT_EQ(deps[0].name, "db");
+  EXPECT_EQ(deps[0].index, 0u);
+  EXPECT_EQ(deps[0].condition, pymanager::DependencyCondition::verified);
+  EXPECT_EQ(deps[1].name, "cache");
+  EXPECT_EQ(deps[1].index, 1u);
+  EXPECT_EQ(deps[1].condition, pymanager::DependencyCondition::started);
+  EXPECT_STREQ(pymanager::to_string(pymanager::DependencyCondition::started), "started");
+  EXPECT_STREQ(pymanager::to_string(pymanager::DependencyCondition::verified), "verified");
+}
+
+TEST(ConfigDependsOn, AnEmptyListOrObjectCountsAsPresent) {
+  for (const char* empty : {"[]", "{}"}) {
+    SCOPED_TRACE(empty);
+    Config config = pymanager::parse_config(graph({{"a", parse_json(empty)}, {"b", nullptr}}), builtins());
+    ASSERT_TRUE(config.processes[0].depends_on.has_value());
+    EXPECT_TRUE(config.processes[0].depends_on->empty());
+    EXPECT_FALSE(config.processes[1].depends_on.has_value());
+    EXPECT_TRUE(config.uses_dependencies()) << "start-up runs as a graph: a and b start at once";
+  }
+}
+
+TEST(ConfigDependsOn, UnknownNameGetsASuggestionOrTheKnownNames) {
+  EXPECT_TRUE(FailsWith(graph({{"db", nullptr}, {"api", parse_json(R"(["db", "dbb"])")}}), ErrorKind::config_invalid,
+                        "processes.api.depends_on[1]: unknown process 'dbb' (did you mean db?)"));
+  EXPECT_TRUE(FailsWith(graph({{"db", nullptr}, {"api", parse_json(R"({"postgres": "started"})")}}),
+                        ErrorKind::config_invalid,
+                        "processes.api.depends_on.postgres: unknown process 'postgres' (known: db, api)"));
+  // Many processes: the list of known names is cut short.
+  Json config = Json::object();
+  for (int i = 0; i < 30; ++i) config["processes"]["service" + std::to_string(i)] = process_depending_on(nullptr);
+  config["processes"]["api"] = process_depending_on(parse_json(R"(["postgres"])"));
+  EXPECT_TRUE(FailsWith(config, ErrorKind::config_invalid,
+                        "processes.api.depends_on[0]: unknown process 'postgres' (known: service0, service1, service2, "
+                        "service3, service4, service5, service6, service7, service8, service9, and 21 more)"));
+}
+
+TEST(ConfigDependsOn, ADependencyOnItselfIsAnError) {
+  EXPECT_TRUE(FailsWith(graph({{"db", nullptr}, {"api", parse_json(R"(["db", "api"])")}}), ErrorKind::config_invalid,
+                        "processes.api.depends_on[1]: process 'api' depends on itself"));
+  EXPECT_TRUE(FailsWith(graph({{"api", parse_json(R"({"api": "started"})")}}), ErrorKind::config_invalid,
+                        "processes.api.depends_on.api: process 'api' depends on itself"));
+}
+
+TEST(ConfigDependsOn, ANameListedTwiceIsAnError) {
+  EXPECT_TRUE(FailsWith(graph({{"db", nullptr}, {"api", parse_json(R"(["db", "db"])")}}), ErrorKind::config_invalid,
+                        "processes.api.depends_on[1]: 'db' is listed twice"));
+}
+
+TEST(ConfigDependsOn, WrongShapesAndConditions) {
+  EXPECT_TRUE(FailsWith(graph({{"db", nullptr}, {"api", parse_json(R"(["db", 5])")}}), ErrorKind::config_invalid,
+                        "processes.api.depends_on[1]: expected a process name (a string), got 5"));
+  EXPECT_TRUE(FailsWith(graph({{"db", nullptr}, {"api", Json("db")}}), ErrorKind::config_invalid,
+                        "processes.api.depends_on: expected a list of process names or an object "
+                        "(name: \"started\" or \"verified\"), got a string"));
+  EXPECT_TRUE(FailsWith(graph({{"cache", nullptr}, {"api", parse_json(R"({"cache": "ready"})")}}),
+                        ErrorKind::config_invalid,
+                        "processes.api.depends_on.cache: expected \"started\" or \"verified\", got \"ready\""));
+  EXPECT_TRUE(FailsWith(graph({{"cache", nullptr}, {"api", parse_json(R"({"cache": "verifed"})")}}),
+                        ErrorKind::config_invalid,
+                        "processes.api.depends_on.cache: expected \"started\" or \"verified\", got \"verifed\" "
+                        "(did you mean verified?)"));
+  EXPECT_TRUE(FailsWith(graph({{"cache", nullptr}, {"api", parse_json(R"({"cache": true})")}}),
+                        ErrorKind::config_invalid,
+                        "processes.api.depends_on.cache: expected \"started\" or \"verified\", got true"));
+  // Names are case-sensitive, as process names are.
+  EXPECT_TRUE(FailsWith(graph({{"db", nullptr}, {"api", parse_json(R"(["DB"])")}}), ErrorKind::config_invalid,
+                        "processes.api.depends_on[0]: unknown process 'DB' (did you mean db?)"));
+}
+
+TEST(ConfigDependsOn, MisspelledKeyGetsASuggestion) {
+  Json config = graph({{"db", nullptr}, {"api", nullptr}});
+  config["processes"]["api"]["depends_no"] = parse_json(R"(["db"])");
+  EXPECT_TRUE(FailsWith(config, ErrorKind::config_invalid,
+                        "processes.api.depends_no: unknown key (did you mean depends_on?)"));
+}
+
+TEST(ConfigDependsOn, TwoCycleIsNamedAtItsFirstProcess) {
+  EXPECT_TRUE(FailsWith(graph({{"api", parse_json(R"(["db"])")}, {"db", parse_json(R"({"api": "started"})")}}),
+                        ErrorKind::config_invalid, "processes.api.depends_on: cycle api -> db -> api"));
+}
+
+TEST(ConfigDependsOn, ThreeCycleIsWrittenOutFromItsFirstProcessInFileOrder) {
+  EXPECT_TRUE(FailsWith(graph({{"a", parse_json(R"(["b"])")}, {"b", parse_json(R"(["c"])")}, {"c", parse_json(R"(["a"])")}}),
+                        ErrorKind::config_invalid, "processes.a.depends_on: cycle a -> b -> c -> a"));
+  // The search enters the cycle at "c" through "x", which is not part of it;
+  // "c" is also the cycle's first process in the file.
+  EXPECT_TRUE(FailsWith(graph({{"x", parse_json(R"(["a"])")},
+                               {"c", parse_json(R"(["a"])")},
+                               {"a", parse_json(R"(["b"])")},
+                               {"b", parse_json(R"(["c"])")}}),
+                        ErrorKind::config_invalid, "processes.c.depends_on: cycle c -> a -> b -> c"));
+}
+
+TEST(ConfigDependsOn, ADiamondIsNotACycle) {
+  Config config = pymanager::parse_config(graph({{"web", parse_json(R"(["api", "worker"])")},
+                                                 {"api", parse_json(R"(["db"])")},
+                                                 {"worker", parse_json(R"({"db": "started"})")},
+                                                 {"db", parse_json("[]")}}),
+                                          builtins());
+  EXPECT_TRUE(config.uses_dependencies());
+  EXPECT_EQ((*config.processes[0].depends_on)[1].index, 2u);
+  EXPECT_EQ((*config.processes[2].depends_on)[0].index, 3u);
+}
+
+TEST(ConfigDependsOn, NulBytesAreErrorsNamingThePath) {
+  EXPECT_TRUE(FailsAt(graph({{"db", nullptr}, {"api", parse_json(R"(["d\u0000b"])")}}), "processes.api.depends_on[0]",
+                      {"contains a NUL byte"}));
+}
+
+namespace {
+
+// 100,000 processes p0 .. p99999, each depending on the next one (the last on
+// `last_depends_on`): a depth-first search that recursed would overflow its stack.
+std::string long_chain(const std::string& last_depends_on) {
+  constexpr int kCount = 100000;
+  std::string text = R"({"processes": {)";
+  for (int i = 0; i < kCount; ++i) {
+    std::string depends_on = i + 1 < kCount ? "[\"p" + std::to_string(i + 1) + "\"]" : last_depends_on;
+    text += (i ? "," : "") + std::string("\"p") + std::to_string(i) +
+            R"(": {"executable": "x", "arguments": [], "depends_on": )" + depends_on + "}";
+  }
+  return text + "}}";
+}
+
+}  // namespace
+
+TEST(ConfigDependsOn, AChainOf100000ProcessesParsesInLinearTime) {
+  auto started = std::chrono::steady_clock::now();
+  Config config = pymanager::parse_config(pymanager::detail::parse_json_text(long_chain("[]")), builtins());
+  auto elapsed = std::chrono::steady_clock::now() - started;
+  ASSERT_EQ(config.processes.size(), 100000u);
+  EXPECT_EQ((*config.processes[0].depends_on)[0].index, 1u);
+  EXPECT_EQ((*config.processes[99998].depends_on)[0].index, 99999u);
+  EXPECT_TRUE(config.processes[99999].depends_on->empty());
+  // About a second here, several under a sanitizer on a busy machine; a
+  // quadratic check (10^10 steps) takes minutes.
+  EXPECT_LT(elapsed, std::chrono::seconds(40));
+}
+
+TEST(ConfigDependsOn, ACycleThrough100000ProcessesIsReportedShortened) {
+  Outcome outcome = try_parse(pymanager::detail::parse_json_text(long_chain(R"(["p0"])")));
+  EXPECT_TRUE(has_kind(outcome, ErrorKind::config_invalid));
+  EXPECT_EQ(outcome.message,
+            "processes.p0.depends_on: cycle p0 -> p1 -> p2 -> p3 -> p4 -> p5 -> p6 -> p7 -> p8 -> p9 -> ... -> "
+            "p99995 -> p99996 -> p99997 -> p99998 -> p99999 -> p0 (100000 processes)");
+}
+
+// ---------------------------------------------------------------------------
+// options.stop_signal, options.graceful_time
+
+namespace {
+
+Json web_with_options(const char* options) {
+  Json process = web_process();
+  process["options"] = parse_json(options);
+  return config_with(process);
+}
+
+}  // namespace
+
+TEST(ConfigStopSignal, DefaultIsSigterm) {
+  Config config = pymanager::parse_config(config_with(web_process()), builtins());
+  EXPECT_EQ(config.processes[0].stop_signal, SIGTERM);
+  EXPECT_FALSE(config.processes[0].graceful_time.has_value());
+  EXPECT_TRUE(config.processes[0].environment.empty());
+}
+
+TEST(ConfigStopSignal, NamesWithAndWithoutThePrefixAndNumbers) {
+  const std::pair<const char*, int> cases[] = {
+      {R"("SIGINT")", SIGINT}, {R"("INT")", SIGINT},   {R"("TERM")", SIGTERM}, {R"("SIGQUIT")", SIGQUIT},
+      {R"("HUP")", SIGHUP},    {R"("USR1")", SIGUSR1}, {R"("SIGUSR2")", SIGUSR2}, {R"("KILL")", SIGKILL},
+      {R"("WINCH")", SIGWINCH}, {R"("IOT")", SIGABRT}, {"2", 2}, {"1", 1}, {"40", 40}, {"64", 64}};
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.first);
+    Config config = pymanager::parse_config(
+        web_with_options((std::string(R"({"stop_signal": )") + c.first + "}").c_str()), builtins());
+    EXPECT_EQ(config.processes[0].stop_signal, c.second);
+  }
+}
+
+TEST(ConfigStopSignal, UnknownNamesGetASuggestion) {
+  EXPECT_TRUE(FailsWith(web_with_options(R"({"stop_signal": "SIGTREM"})"), ErrorKind::config_invalid,
+                        "processes.web.options.stop_signal: unknown signal 'SIGTREM' (did you mean SIGTERM?)"));
+  EXPECT_TRUE(FailsWith(web_with_options(R"({"stop_signal": "TRM"})"), ErrorKind::config_invalid,
+                        "processes.web.options.stop_signal: unknown signal 'TRM' (did you mean TERM?)"));
+  EXPECT_TRUE(FailsWith(web_with_options(R"({"stop_signal": "int"})"), ErrorKind::config_invalid,
+                        "processes.web.options.stop_signal: unknown signal 'int' (did you mean INT? signal names are "
+                        "upper case)"));
+  EXPECT_TRUE(FailsWith(web_with_options(R"({"stop_signal": "sigint"})"), ErrorKind::config_invalid,
+                        "processes.web.options.stop_signal: unknown signal 'sigint' (did you mean SIGINT? signal "
+                        "names are upper case)"));
+  EXPECT_TRUE(FailsWith(web_with_options(R"({"stop_signal": "GRACEFUL"})"), ErrorKind::config_invalid,
+                        "processes.web.options.stop_signal: unknown signal 'GRACEFUL' (give a name such as SIGTERM or "
+                        "TERM, or a number from 1 to 64)"));
+  EXPECT_TRUE(FailsWith(web_with_options(R"({"stop_signal": "2"})"), ErrorKind::config_invalid,
+                        "processes.web.options.stop_signal: unknown signal '2' (a number is written without quotes: 2)"));
+}
+
+TEST(ConfigStopSignal, NumbersOutOfRangeAndOtherTypes) {
+  for (const char* number : {"0", "65", "-15", "18446744073709551615"}) {
+    SCOPED_TRACE(number);
+    EXPECT_TRUE(FailsWith(web_with_options((std::string(R"({"stop_signal": )") + number + "}").c_str()),
+                          ErrorKind::config_invalid,
+                          std::string("processes.web.options.stop_signal: a signal number must be between 1 and 64, "
+                                      "got ") + number));
+  }
+  EXPECT_TRUE(FailsWith(web_with_options(R"({"stop_signal": 2.5})"), ErrorKind::config_invalid,
+                        "processes.web.options.stop_signal: expected a signal name such as \"SIGTERM\" or a number "
+                        "from 1 to 64, got 2.5"));
+  EXPECT_TRUE(FailsWith(web_with_options(R"({"stop_signal": true})"), ErrorKind::config_invalid,
+                        "processes.web.options.stop_signal: expected a signal name such as \"SIGTERM\" or a number "
+                        "from 1 to 64, got true"));
+  EXPECT_TRUE(FailsWith(web_with_options(R"({"stop_sginal": "INT"})"), ErrorKind::config_invalid,
+                        "processes.web.options.stop_sginal: unknown key (did you mean stop_signal?)"));
+}
+
+TEST(Signals, NamesAndNumbers) {
+  EXPECT_EQ(pymanager::signal_from_name("SIGINT"), std::optional<int>(SIGINT));
+  EXPECT_EQ(pymanager::signal_from_name("INT"), std::optional<int>(SIGINT));
+  EXPECT_EQ(pymanager::signal_from_name("SIGRTMIN"), std::nullopt) << "real-time signals are given by number";
+  for (const char* bad : {"", "SIG", "sigint", "SIGSIGINT", "INT ", "2"}) {
+    EXPECT_EQ(pymanager::signal_from_name(bad), std::nullopt) << bad;
+  }
+  EXPECT_EQ(pymanager::signal_name(SIGINT), "SIGINT");
+  EXPECT_EQ(pymanager::signal_name(SIGTERM), "SIGTERM");
+  EXPECT_EQ(pymanager::signal_name(SIGKILL), "SIGKILL");
+  EXPECT_EQ(pymanager::signal_name(SIGABRT), "SIGABRT") << "not its alias SIGIOT";
+  EXPECT_EQ(pymanager::signal_name(SIGCHLD), "SIGCHLD");
+  EXPECT_EQ(pymanager::signal_name(40), "signal 40");
+  EXPECT_EQ(pymanager::signal_name(0), "signal 0");
+  // Every name maps back to its number, and every number 1..31 has a name.
+  for (const auto& name : pymanager::signal_names(true)) {
+    auto number = pymanager::signal_from_name(name);
+    ASSERT_TRUE(number.has_value()) << name;
+    EXPECT_EQ(pymanager::signal_from_name(pymanager::signal_name(*number)), number) << name;
+  }
+  // glibc's own abbreviations are all accepted (it calls 29 POLL; SIGIO is shown).
+  for (int number = 1; number <= 31; ++number) {
+    EXPECT_EQ(pymanager::signal_from_name(::sigabbrev_np(number)), std::optional<int>(number)) << number;
+    EXPECT_NE(pymanager::signal_name(number), "signal " + std::to_string(number)) << number;
+  }
+  EXPECT_EQ(pymanager::signal_name(SIGIO), "SIGIO");
+}
+
+TEST(ConfigGracefulTimeOption, SecondsWithTheTopLevelChecks) {
+  Config config = pymanager::parse_config(web_with_options(R"({"graceful_time": 2.5})"), builtins());
+  EXPECT_EQ(config.processes[0].graceful_time, std::optional<double>(2.5));
+  config = pymanager::parse_config(web_with_options(R"({"graceful_time": 0})"), builtins());
+  EXPECT_EQ(config.processes[0].graceful_time, std::optional<double>(0.0));
+  EXPECT_TRUE(FailsWith(web_with_options(R"({"graceful_time": -1})"), ErrorKind::config_invalid,
+                        "processes.web.options.graceful_time: must be at least 0.0, got -1"));
+  EXPECT_TRUE(FailsWith(web_with_options(R"({"graceful_time": 1e9})"), ErrorKind::config_invalid,
+                        "processes.web.options.graceful_time: must be at most 604800 seconds (a week), got 1000000000.0"));
+  EXPECT_TRUE(FailsWith(web_with_options(R"({"graceful_time": "5"})"), ErrorKind::config_invalid,
+                        "processes.web.options.graceful_time: expected a number, got a string"));
+  EXPECT_TRUE(FailsWith(web_with_options(R"({"graceful-time": 5})"), ErrorKind::config_invalid,
+                        "processes.web.options.graceful-time: unknown key (did you mean graceful_time?)"));
+}
+
+// ---------------------------------------------------------------------------
+// options.environment
+
+TEST(ConfigEnvironment, ReadInFileOrder) {
+  Config config = pymanager::parse_config(
+      web_with_options(R"({"environment": {"ZED": "1", "ALPHA": "a b 'c' \"d\" $HOME\n", "EMPTY": "", "log4j.level": "x"}})"),
+      builtins());
+  using Entry = std::pair<std::string, std::string>;
+  EXPECT_EQ(config.processes[0].environment,
+            (std::vector<Entry>{{"ZED", "1"}, {"ALPHA", "a b 'c' \"d\" $HOME\n"}, {"EMPTY", ""}, {"log4j.level", "x"}}));
+}
+
+TEST(ConfigEnvironment, MisspelledKeySuggestsEnvironment) {
+  EXPECT_TRUE(FailsWith(web_with_options(R"({"enviroment": {"A": "1"}})"), ErrorKind::config_invalid,
+                        "processes.web.options.enviroment: unknown key (did you mean environment?)"));
+  EXPECT_TRUE(FailsWith(web_with_options(R"({"environment_fil": ".env"})"), ErrorKind::config_invalid,
+                        "processes.web.options.environment_fil: unknown key (did you mean environment_file?)"));
+}
+
+TEST(ConfigEnvironment, ValuesMustBeStrings) {
+  EXPECT_TRUE(FailsWith(web_with_options(R"({"environment": {"PORT": 8080}})"), ErrorKind::config_invalid,
+                        "processes.web.options.environment.PORT: expected a string, got 8080 (numbers are not "
+                        "converted: write it in quotes)"));
+  EXPECT_TRUE(FailsWith(web_with_options(R"({"environment": {"DEBUG": true}})"), ErrorKind::config_invalid,
+                        "processes.web.options.environment.DEBUG: expected a string, got true"));
+  EXPECT_TRUE(FailsWith(web_with_options(R"({"environment": {"X": null}})"), ErrorKind::config_invalid,
+                        "processes.web.options.environment.X: expected a string, got null"));
+  EXPECT_TRUE(FailsWith(web_with_options(R"({"environment": ["A=1"]})"), ErrorKind::config_invalid,
+                        "processes.web.options.environment: expected an object of NAME: \"value\" strings, got an "
+                        "array"));
+}
+
+TEST(ConfigEnvironment, NamesMustBeValidEnvironmentNames) {
+  EXPECT_TRUE(FailsWith(web_with_options(R"({"environment": {"FOO=BAR": "1"}})"), ErrorKind::config_invalid,
+                        "processes.web.options.environment.FOO=BAR: a variable name must not contain '=' (write "
+                        "\"NAME\": \"value\")"));
+  EXPECT_TRUE(FailsWith(web_with_options(R"({"environment": {"": "1"}})"), ErrorKind::config_invalid,
+                        "processes.web.options.environment: a variable name must not be empty"));
+  EXPECT_TRUE(FailsAt(web_with_options(R"({"environment": {"A\u0000B": "1"}})"),
+                      "processes.web.options.environment.A\\u0000B", {"contains a NUL byte"}));
+  EXPECT_TRUE(FailsAt(web_with_options(R"({"environment": {"A": "1\u00002"}})"), "processes.web.options.environment.A",
+                      {"contains a NUL byte"}));
+}
+
+TEST(ConfigEnvironment, WithEnvironmentFileOnlyShellNames) {
+  // The shell that sources the file sets these after it; it can set only
+  // shell variable names (and dash drops others from what it passes on).
+  EXPECT_TRUE(FailsWith(web_with_options(R"({"environment_file": ".env", "environment": {"OK_1": "", "log4j.level": "x"}})"),
+                        ErrorKind::config_invalid,
+                        "processes.web.options.environment.log4j.level: not a shell variable name (letters, digits "
+                        "and '_', not starting with a digit), which the shell that sources environment_file cannot set"));
+  EXPECT_TRUE(FailsAt(web_with_options(R"({"environment_file": ".env", "environment": {"1ST": "x"}})"),
+                      "processes.web.options.environment.1ST", {"not a shell variable name"}));
+  Config config = pymanager::parse_config(
+      web_with_options(R"({"environment_file": ".env", "environment": {"_private": "x", "Mixed_9": "y"}})"), builtins());
+  EXPECT_EQ(config.processes[0].environment.size(), 2u);
+}
+
+// ---------------------------------------------------------------------------
+// options.environment reaches the child (make_launch_plan, then a real
+// fork/exec of `env -0`, which writes the environment it got byte for byte).
+
+namespace {
+
+class LaunchEnvironment : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const char* base = std::getenv("TEST_TMPDIR");
+    std::string pattern = std::string(base != nullptr && *base != '\0' ? base : "/tmp") + "/launch_env.XXXXXX";
+    std::vector<char> buffer(pattern.begin(), pattern.end());
+    buffer.push_back('\0');
+    ASSERT_NE(::mkdtemp(buffer.data()), nullptr);
+    dir_ = buffer.data();
+    ::setenv("PM_TEST_INHERITED", "from the test process", 1);
+  }
+  void TearDown() override {
+    ::unsetenv("PM_TEST_INHERITED");
+    for (const auto& file : files_) ::unlink(file.c_str());
+    ::rmdir(dir_.c_str());
+  }
+
+  std::string write(const std::string& name, const std::string& content) {
+    std::string path = dir_ + "/" + name;
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out << content;
+    files_.push_back(path);
+    return path;
+  }
+
+  // Runs `plan` with its stdout in a file and returns the NAME=value
+  // entries `env -0` printed. The child is waited for with a bound and
+  // killed (by its pid) if it overstays it.
+  std::vector<std::string> run(const pymanager::LaunchPlan& plan) {
+    std::string out_path = dir_ + "/out." + std::to_string(runs_++);
+    files_.push_back(out_path);
+    int out = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    EXPECT_GE(out, 0);
+    // Everything the child needs is built before fork: it only calls
+    // async-signal-safe functions.
+    std::vector<char*> argv, envp;
+    for (const auto& a : plan.argv) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    for (const auto& e : plan.envp) envp.push_back(const_cast<char*>(e.c_str()));
+    envp.push_back(nullptr);
+    pid_t pid = ::fork();
+    if (pid == 0) {
+      if (::dup2(out, 1) < 0 || ::chdir(plan.working_directory.c_str()) != 0) ::_exit(126);
+      ::execve(plan.path.c_str(), argv.data(), envp.data());
+      ::_exit(127);
+    }
+    ::close(out);
+    EXPECT_GT(pid, 0);
+    int status = 0;
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    pid_t reaped = 0;
+    while ((reaped = ::waitpid(pid, &status, WNOHANG)) == 0 && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    if (reaped == 0) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &status, 0);
+      ADD_FAILURE() << "the child did not exit within 30 s";
+    }
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
+    std::ifstream in(out_path, std::ios::binary);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::vector<std::string> entries;
+    std::size_t start = 0;
+    for (std::size_t nul; (nul = text.find('\0', start)) != std::string::npos; start = nul + 1) {
+      entries.push_back(text.substr(start, nul - start));
+    }
+    return entries;
+  }
+
+  // Every value of `name` in `entries` (more than one would be a bug).
+  static std::vector<std::string> values(const std::vector<std::string>& entries, const std::string& name) {
+    std::vector<std::string> out;
+    for (const auto& entry : entries) {
+      if (entry.compare(0, name.size() + 1, name + "=") == 0) out.push_back(entry.substr(name.size() + 1));
+    }
+    return out;
+  }
+
+  static pymanager::ProcessSpec env_process() {
+    pymanager::ProcessSpec spec;
+    spec.name = "web";
+    spec.executable = "env";
+    spec.arguments = {"-0"};
+    return spec;
+  }
+
+  std::string dir_;
+  std::vector<std::string> files_;
+  int runs_ = 0;
+};
+
+// Quotes, `$`, a backslash, a backtick, a newline, a semicolon: nothing a shell would
+// interpret may change it on the way.
+const std::string kTrickyValue = "a b  'single' \"double\" $HOME ${X} \\n `id` ;exit 3\nsecond line\t-- end";
+using Strings = std::vector<std::string>;
+
+}  // namespace
+
+TEST_F(LaunchEnvironment, OverridesTheInheritedAndTheExtraEnvironment) {
+  Config config;
+  config.base_directory = dir_;
+  pymanager::ProcessSpec spec = env_process();
+  spec.environment = {{"PM_TEST_INHERITED", "from the config"},
+                      {"PM_TEST_EXTRA", "from options.environment"},
+                      {"PM_TEST_TRICKY", kTrickyValue},
+                      {"log4j.level", "DEBUG"}};
+  auto plan = pymanager::make_launch_plan(spec, config, {"PM_TEST_EXTRA=from extra_environment", "PM_TEST_ONLY_EXTRA=1"});
+  auto entries = run(plan);
+  EXPECT_EQ(values(entries, "PM_TEST_INHERITED"), Strings{"from the config"});
+  EXPECT_EQ(values(entries, "PM_TEST_EXTRA"), Strings{"from options.environment"});
+  EXPECT_EQ(values(entries, "PM_TEST_ONLY_EXTRA"), Strings{"1"});
+  EXPECT_EQ(values(entries, "PM_TEST_TRICKY"), Strings{kTrickyValue});
+  EXPECT_EQ(values(entries, "log4j.level"), Strings{"DEBUG"}) << "without a shell in between, any name passes";
+}
+
+TEST_F(LaunchEnvironment, OverridesWhatTheEnvironmentFileSets) {
+  write("app.env", "FROM_FILE='file value'\nPM_TEST_OVERRIDDEN=from-the-file\nPM_TEST_INHERITED=from-the-file\n");
+  Config config;
+  config.base_directory = dir_;
+  pymanager::ProcessSpec spec = env_process();
+  spec.environment_file = "app.env";
+  spec.environment = {{"PM_TEST_OVERRIDDEN", kTrickyValue}, {"PM_TEST_INHERITED", "from the config"},
+                      {"PM_TEST_DASHES", "--"}, {"PM_TEST_EMPTY", ""}};
+  auto entries = run(pymanager::make_launch_plan(spec, config));
+  EXPECT_EQ(values(entries, "FROM_FILE"), Strings{"file value"}) << "the file is still sourced";
+  EXPECT_EQ(values(entries, "PM_TEST_OVERRIDDEN"), Strings{kTrickyValue});
+  EXPECT_EQ(values(entries, "PM_TEST_INHERITED"), Strings{"from the config"});
+  EXPECT_EQ(values(entries, "PM_TEST_DASHES"), Strings{"--"}) << "a value \"--\" does not end the assignments";
+  EXPECT_EQ(values(entries, "PM_TEST_EMPTY"), Strings{""});
+
+  // Without options.environment the file's values stand, and the command's
+  // own arguments (here one that is "--") reach it unchanged.
+  spec.environment.clear();
+  spec.executable = "/bin/sh";
+  spec.arguments = {"-c", "printf '%s\\0' \"PM_ARG=$1\" \"PM_TEST_OVERRIDDEN=$PM_TEST_OVERRIDDEN\"", "sh", "--"};
+  entries = run(pymanager::make_launch_plan(spec, config));
+  EXPECT_EQ(values(entries, "PM_TEST_OVERRIDDEN"), Strings{"from-the-file"});
+  EXPECT_EQ(values(entries, "PM_ARG"), Strings{"--"});
+}
+
+TEST_F(LaunchEnvironment, PortPlaceholdersInValuesAreExpandedBeforeParsing) {
+  // The front-ends expand ${port:NAME} in every string of the JSON first.
+  pymanager::PortAllocator ports;
+  Json json = parse_json(R"({"processes": {"web": {"executable": "env", "arguments": ["-0"],
+      "options": {"environment": {"PM_TEST_URL": "http://127.0.0.1:${port:api}/", "PM_TEST_PORT": "${port:api}"}}}}})");
+  pymanager::expand_ports(json, ports);
+  Config config = pymanager::parse_config(json, builtins());
+  config.base_directory = dir_;
+  const std::string port = std::to_string(*ports.find("api"));
+  auto entries = run(pymanager::make_launch_plan(config.processes[0], config));
+  EXPECT_EQ(values(entries, "PM_TEST_URL"), Strings{"http://127.0.0.1:" + port + "/"});
+  EXPECT_EQ(values(entries, "PM_TEST_PORT"), Strings{port}) << "still a string, not a number";
 }

@@ -8,14 +8,19 @@
 #define PYMANAGER_CONFIG_HPP
 
 #include <algorithm>
+#include <cstddef>
 #include <cstring>
 #include <map>
 #include <memory>
 #include <optional>
 #include <string>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
 #include <vector>
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -25,6 +30,7 @@
 #include "pymanager/detail/json_check.hpp"
 #include "pymanager/detail/json_reader.hpp"
 #include "pymanager/error.hpp"
+#include "pymanager/signals.hpp"
 #include "pymanager/verifier.hpp"
 
 namespace pymanager {
@@ -34,6 +40,21 @@ struct VerifierSpec {
   std::string type;                          ///< `module.Class`, e.g. pymutils.http_verifier.HttpOkVerifier
   nlohmann::json arguments = nlohmann::json::object();
   std::shared_ptr<const Verifier> verifier;  ///< made by the registry's factory from `arguments`
+};
+
+/// `"started"`: the dependency was spawned; `"verified"`: its verifier passed (or, without a verifier, it was spawned).
+enum class DependencyCondition { started, verified };
+
+/// "started" / "verified", as a config writes them.
+inline const char* to_string(DependencyCondition condition) {
+  return condition == DependencyCondition::started ? "started" : "verified";
+}
+
+/// One entry of a process's `depends_on`.
+struct Dependency {
+  std::string name;            ///< the other process's key under `processes`
+  std::size_t index = 0;       ///< its 0-based index in Config::processes
+  DependencyCondition condition = DependencyCondition::verified;
 };
 
 struct ProcessSpec {
@@ -48,6 +69,18 @@ struct ProcessSpec {
   /// Popen(shell=True) did (the arguments become $0, $1, ...). Empty: no shell.
   std::string shell;
   std::optional<VerifierSpec> verifier;
+  /// `depends_on`: the processes that must be started or verified before this
+  /// one starts, in the order written. nullopt: the key is absent; an empty
+  /// list counts as present (see Config::uses_dependencies).
+  std::optional<std::vector<Dependency>> depends_on;
+  int stop_signal = SIGTERM;  ///< `options.stop_signal`: sent first when the process is stopped
+  /// `options.graceful_time` (seconds from the stop signal to SIGKILL);
+  /// nullopt: the top-level `graceful_time`.
+  std::optional<double> graceful_time;
+  /// `options.environment`, in file order: added to the child's environment
+  /// last, over the inherited variables, the manager's extra environment and
+  /// what `environment_file` sets.
+  std::vector<std::pair<std::string, std::string>> environment;
 };
 
 struct HttpSpec {
@@ -92,6 +125,13 @@ struct Config {
       if (processes[i].name == name) return static_cast<int>(i);
     }
     return -1;
+  }
+
+  /// True when any process has a `depends_on` key (then start-up runs as a
+  /// graph; otherwise in file order, as the original).
+  bool uses_dependencies() const {
+    return std::any_of(processes.begin(), processes.end(),
+                       [](const ProcessSpec& process) { return process.depends_on.has_value(); });
   }
 };
 
@@ -181,6 +221,238 @@ inline VerifierSpec parse_verifier(const OJson& value, const std::string& path, 
   return spec;
 }
 
+/// True for a name a POSIX shell can assign: letters, digits and '_', not
+/// starting with a digit.
+inline bool is_shell_variable_name(const std::string& name) {
+  if (name.empty() || (name[0] >= '0' && name[0] <= '9')) return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
+  });
+}
+
+/// What to say after "unknown signal 'X'": the name meant, or how to write one.
+inline std::string signal_suggestion(const std::string& name) {
+  if (!name.empty() && std::all_of(name.begin(), name.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+    return " (a number is written without quotes: " + name + ")";
+  }
+  std::string upper = name;
+  for (char& c : upper) c = (c >= 'a' && c <= 'z') ? static_cast<char>(c - 'a' + 'A') : c;
+  if (upper != name && signal_from_name(upper)) return " (did you mean " + upper + "? signal names are upper case)";
+  std::string near = closest_match(name, signal_names(upper.compare(0, 3, "SIG") == 0));
+  if (!near.empty()) return " (did you mean " + near + "?)";
+  return " (give a name such as SIGTERM or TERM, or a number from 1 to " + std::to_string(max_signal_number()) + ")";
+}
+
+/// `options.stop_signal`: "SIGINT", "INT", or a number from 1 to SIGRTMAX.
+inline int parse_stop_signal(const OJson& value, const std::string& path) {
+  const int max = max_signal_number();
+  if (value.is_number_integer()) {  // signed or unsigned
+    // An unsigned value may not fit a long long: anything above max is out of range.
+    const bool too_large =
+        value.is_number_unsigned() && value.get<unsigned long long>() > static_cast<unsigned long long>(max);
+    const long long number = too_large ? max + 1LL : value.get<long long>();
+    if (number < 1 || number > max) {
+      throw_config_error(path,
+                         "a signal number must be between 1 and " + std::to_string(max) + ", got " + value.dump());
+    }
+    return static_cast<int>(number);
+  }
+  if (value.is_string()) {
+    const std::string& name = value.get_ref<const std::string&>();
+    check_no_nul(name, path);
+    if (auto number = signal_from_name(name)) return *number;
+    throw_config_error(path, "unknown signal '" + name + "'" + signal_suggestion(name));
+  }
+  throw_config_error(path, "expected a signal name such as \"SIGTERM\" or a number from 1 to " + std::to_string(max) +
+                               ", got " + describe_json_type(value));
+}
+
+/// `options.environment`: an object of NAME: "value", in file order.
+inline std::vector<std::pair<std::string, std::string>> parse_environment(const OJson& value, const std::string& path) {
+  if (!value.is_object()) {
+    throw_config_error(path, "expected an object of NAME: \"value\" strings, got " + describe_json_type(value));
+  }
+  std::vector<std::pair<std::string, std::string>> out;
+  out.reserve(value.size());
+  for (auto it = value.begin(); it != value.end(); ++it) {
+    const std::string& name = it.key();
+    const std::string item_path = join_path(path, name);
+    if (name.empty()) throw_config_error(path, "a variable name must not be empty");
+    check_no_nul(name, item_path);
+    if (name.find('=') != std::string::npos) {
+      throw_config_error(item_path, "a variable name must not contain '=' (write \"NAME\": \"value\")");
+    }
+    if (!it->is_string()) {
+      throw_config_error(item_path, "expected a string, got " + describe_json_type(*it) +
+                                        (it->is_number() ? " (numbers are not converted: write it in quotes)" : ""));
+    }
+    check_no_nul(it->get_ref<const std::string&>(), item_path);
+    out.emplace_back(name, it->get<std::string>());
+  }
+  return out;
+}
+
+/// With `environment_file`, the shell that sources the file sets
+/// `options.environment` after it, and a shell can only set (and dash only
+/// passes on) names of letters, digits and '_'.
+inline void check_environment_names_with_environment_file(const ProcessSpec& spec, const std::string& path) {
+  if (!spec.environment_file) return;
+  for (const auto& variable : spec.environment) {
+    if (is_shell_variable_name(variable.first)) continue;
+    throw_config_error(join_path(path, variable.first),
+                       "not a shell variable name (letters, digits and '_', not starting with a digit), which "
+                       "the shell that sources environment_file cannot set");
+  }
+}
+
+/// One `depends_on` condition: "started" or "verified".
+inline DependencyCondition parse_dependency_condition(const OJson& value, const std::string& path) {
+  if (value.is_string()) {
+    const std::string& text = value.get_ref<const std::string&>();
+    if (text == "started") return DependencyCondition::started;
+    if (text == "verified") return DependencyCondition::verified;
+  }
+  // A string is shown as written ("ready"), anything else by its type.
+  std::string problem =
+      "expected \"started\" or \"verified\", got " + (value.is_string() ? value.dump() : describe_json_type(value));
+  if (value.is_string()) {
+    std::string near = closest_match(value.get<std::string>(), {"started", "verified"});
+    if (!near.empty()) problem += " (did you mean " + near + "?)";
+  }
+  throw_config_error(path, problem);
+}
+
+/// `depends_on` as written: a list of names (each "verified") or an object
+/// name -> condition. Checks what one process can: the shape, duplicates and
+/// the process itself. The indices are set by resolve_dependencies, once
+/// every process is known (a name may refer to a process written later).
+inline std::vector<Dependency> parse_depends_on(const OJson& value, const std::string& path, const std::string& self) {
+  std::vector<Dependency> out;
+  std::unordered_set<std::string> seen;
+  auto add = [&](const std::string& name, DependencyCondition condition, const std::string& item_path) {
+    check_no_nul(name, item_path);
+    if (name == self) throw_config_error(item_path, "process '" + self + "' depends on itself");
+    if (!seen.insert(name).second) throw_config_error(item_path, "'" + name + "' is listed twice");
+    out.push_back(Dependency{name, 0, condition});
+  };
+  if (value.is_array()) {
+    out.reserve(value.size());
+    for (std::size_t i = 0; i < value.size(); ++i) {
+      std::string item_path = path + "[" + std::to_string(i) + "]";
+      if (!value[i].is_string()) {
+        throw_config_error(item_path, "expected a process name (a string), got " + describe_json_type(value[i]));
+      }
+      add(value[i].get<std::string>(), DependencyCondition::verified, item_path);
+    }
+  } else if (value.is_object()) {
+    out.reserve(value.size());
+    for (auto it = value.begin(); it != value.end(); ++it) {
+      std::string item_path = join_path(path, it.key());
+      add(it.key(), parse_dependency_condition(*it, item_path), item_path);
+    }
+  } else {
+    throw_config_error(path, "expected a list of process names or an object (name: \"started\" or \"verified\"), got " +
+                                 describe_json_type(value));
+  }
+  return out;
+}
+
+/// "unknown process 'dbb' (did you mean db?)", or with the known names.
+[[noreturn]] inline void throw_unknown_process(const Config& config, const std::string& name, const std::string& path) {
+  std::vector<std::string> names;
+  names.reserve(config.processes.size());
+  for (const auto& process : config.processes) names.push_back(process.name);
+  std::string near = closest_match(name, names);
+  if (!near.empty()) throw_config_error(path, "unknown process '" + name + "' (did you mean " + near + "?)");
+  constexpr std::size_t kShown = 10;
+  std::string known;
+  for (std::size_t i = 0; i < names.size() && i < kShown; ++i) known += (i ? ", " : "") + names[i];
+  if (names.size() > kShown) known += ", and " + std::to_string(names.size() - kShown) + " more";
+  throw_config_error(path, "unknown process '" + name + "' (known: " + known + ")");
+}
+
+/// Sets each Dependency::index, once every process is parsed; an unknown
+/// name is an error naming its path. `processes` is the config's
+/// `processes` object, in the same order as config.processes.
+inline void resolve_dependencies(Config& config, const OJson& processes) {
+  std::unordered_map<std::string, std::size_t> index_by_name;
+  index_by_name.reserve(config.processes.size());
+  for (std::size_t i = 0; i < config.processes.size(); ++i) index_by_name.emplace(config.processes[i].name, i);
+  auto json = processes.begin();
+  for (auto& spec : config.processes) {
+    const OJson& process_json = *json++;
+    if (!spec.depends_on) continue;
+    const std::string path = join_path(join_path("processes", spec.name), "depends_on");
+    const bool listed = process_json.find("depends_on")->is_array();
+    for (std::size_t k = 0; k < spec.depends_on->size(); ++k) {
+      Dependency& dependency = (*spec.depends_on)[k];
+      auto found = index_by_name.find(dependency.name);
+      if (found == index_by_name.end()) {
+        throw_unknown_process(config, dependency.name,
+                              listed ? path + "[" + std::to_string(k) + "]" : join_path(path, dependency.name));
+      }
+      dependency.index = found->second;
+    }
+  }
+}
+
+/// "a -> b -> c -> a"; a long cycle is shortened in the middle.
+inline std::string describe_cycle(const Config& config, const std::vector<std::size_t>& cycle) {
+  constexpr std::size_t kHead = 10, kTail = 5;
+  std::string out;
+  for (std::size_t i = 0; i < cycle.size(); ++i) {
+    if (cycle.size() > kHead + kTail && i == kHead) {
+      out += " -> ...";
+      i = cycle.size() - kTail;
+    }
+    out += (out.empty() ? "" : " -> ") + config.processes[cycle[i]].name;
+  }
+  out += " -> " + config.processes[cycle.front()].name;
+  if (cycle.size() > kHead + kTail) out += " (" + std::to_string(cycle.size()) + " processes)";
+  return out;
+}
+
+/// Throws config_invalid when the dependencies form a cycle, at the
+/// `depends_on` of the cycle's first process in file order:
+/// `processes.api.depends_on: cycle api -> db -> api`. An iterative
+/// depth-first search, linear in processes and dependencies: any length of
+/// chain is safe. Needs resolve_dependencies first.
+inline void check_dependency_cycles(const Config& config) {
+  enum : unsigned char { unvisited, on_path, finished };
+  const std::size_t n = config.processes.size();
+  std::vector<unsigned char> state(n, unvisited);
+  // The search path: each process with the position of the next dependency to follow.
+  std::vector<std::pair<std::size_t, std::size_t>> path;
+  for (std::size_t root = 0; root < n; ++root) {
+    if (state[root] != unvisited) continue;
+    state[root] = on_path;
+    path.emplace_back(root, 0);
+    while (!path.empty()) {
+      const std::size_t node = path.back().first;
+      const auto& dependencies = config.processes[node].depends_on;
+      if (!dependencies || path.back().second == dependencies->size()) {
+        state[node] = finished;
+        path.pop_back();
+        continue;
+      }
+      const std::size_t next = (*dependencies)[path.back().second++].index;
+      if (state[next] == unvisited) {
+        state[next] = on_path;
+        path.emplace_back(next, 0);
+      } else if (state[next] == on_path) {
+        // The cycle is the path from `next` to here; write it from its first process in file order.
+        std::size_t start = path.size() - 1;
+        while (path[start].first != next) --start;
+        std::vector<std::size_t> cycle;
+        for (std::size_t i = start; i < path.size(); ++i) cycle.push_back(path[i].first);
+        std::rotate(cycle.begin(), std::min_element(cycle.begin(), cycle.end()), cycle.end());
+        throw_config_error(join_path(join_path("processes", config.processes[cycle.front()].name), "depends_on"),
+                           "cycle " + describe_cycle(config, cycle));
+      }
+    }
+  }
+}
+
 inline ProcessSpec parse_process(const std::string& name, const OJson& value, const std::string& path,
                                  const Config& config, const VerifierRegistry& registry) {
   ObjectReader<OJson> reader(value, path);
@@ -200,6 +472,13 @@ inline ProcessSpec parse_process(const std::string& name, const OJson& value, co
     spec.redirect_output = opt.string("redirect_output");
     spec.working_directory = opt.string("working_directory");
     spec.environment_file = opt.string("environment_file");
+    if (const OJson* stop_signal = opt.member("stop_signal")) {
+      spec.stop_signal = parse_stop_signal(*stop_signal, opt.path_of("stop_signal"));
+    }
+    spec.graceful_time = opt.seconds("graceful_time");
+    if (const OJson* environment = opt.member("environment")) {
+      spec.environment = parse_environment(*environment, opt.path_of("environment"));
+    }
     if (const OJson* shell = opt.member("shell")) {
       if (shell->is_boolean()) {
         spec.shell = shell->get<bool>() ? config.default_shell : "";
@@ -222,6 +501,10 @@ inline ProcessSpec parse_process(const std::string& name, const OJson& value, co
     if (spec.environment_file && spec.environment_file->empty()) {
       throw_config_error(opt.path_of("environment_file"), "must not be empty");
     }
+    check_environment_names_with_environment_file(spec, opt.path_of("environment"));
+  }
+  if (const OJson* depends_on = reader.member("depends_on")) {
+    spec.depends_on = parse_depends_on(*depends_on, reader.path_of("depends_on"), name);
   }
   if (const OJson* verifier = reader.member("verifier")) {
     spec.verifier = parse_verifier(*verifier, reader.path_of("verifier"), config, registry);
@@ -286,6 +569,9 @@ inline Config parse_config(const nlohmann::ordered_json& json, const VerifierReg
     config.processes.push_back(
         detail::parse_process(it.key(), *it, detail::join_path("processes", it.key()), config, registry));
   }
+  // Names may refer to processes written later: checked once all are known.
+  detail::resolve_dependencies(config, *processes);
+  detail::check_dependency_cycles(config);
   return config;
 }
 

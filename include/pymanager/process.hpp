@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -69,6 +70,25 @@ inline bool is_executable_file(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && ::access(path.c_str(), X_OK) == 0;
 }
 
+/// Sets `entry` (NAME=value) in `envp`, replacing every entry of that name.
+inline void set_env_entry(std::vector<std::string>& envp, const std::string& entry) {
+  const std::string prefix = entry.substr(0, entry.find('=') + 1);
+  envp.erase(std::remove_if(envp.begin(), envp.end(),
+                            [&](const std::string& e) { return e.compare(0, prefix.size(), prefix) == 0; }),
+             envp.end());
+  envp.push_back(entry);
+}
+
+/// The `environment_file` wrapper's script, run as `<default_shell> -c SCRIPT
+/// FILE NAME=value... -- COMMAND ARGS...`: it sources FILE with every
+/// variable exported, then exports each NAME=value given (so that
+/// `options.environment` wins over the file), then execs the command (the
+/// pid stays the process's own). The assignments are arguments, never part
+/// of the script: their values reach the child byte for byte.
+inline constexpr const char* kEnvironmentFileScript =
+    "set -a && . \"$0\" && set +a && "
+    "while [ \"$1\" != -- ]; do export \"$1\" && shift || exit 126; done && shift && exec \"$@\"";
+
 inline std::string env_value(const std::vector<std::string>& envp, const std::string& name) {
   for (const auto& entry : envp) {
     if (entry.size() > name.size() && entry.compare(0, name.size(), name) == 0 && entry[name.size()] == '=') {
@@ -117,6 +137,10 @@ inline std::string resolve_executable(const std::string& process, const std::str
 /// - `environment_file`: the command runs under `<default_shell> -c 'set -a; . FILE; exec "$@"'`,
 ///   so the file is sourced by the shell and its variables are exported into
 ///   the process's environment (the pid stays the process's own: exec);
+/// - the environment: the manager's own (without PYMANAGER_TOKEN), then
+///   `extra_env`, then `options.environment`, each replacing a variable of
+///   the same name; with `environment_file`, the shell sets
+///   `options.environment` again after sourcing the file, so it wins there too;
 /// - paths are relative to `config.base_directory` (where pymanager was
 ///   started), the working directory included.
 inline LaunchPlan make_launch_plan(const ProcessSpec& spec, const Config& config,
@@ -128,14 +152,10 @@ inline LaunchPlan make_launch_plan(const ProcessSpec& spec, const Config& config
     if (std::strncmp(*e, "PYMANAGER_TOKEN=", 16) == 0) continue;
     plan.envp.emplace_back(*e);
   }
-  for (const auto& entry : extra_env) {
-    auto eq = entry.find('=');
-    std::string prefix = entry.substr(0, eq + 1);
-    for (auto it = plan.envp.begin(); it != plan.envp.end();) {
-      it = it->compare(0, prefix.size(), prefix) == 0 ? plan.envp.erase(it) : it + 1;
-    }
-    plan.envp.push_back(entry);
-  }
+  for (const auto& entry : extra_env) detail::set_env_entry(plan.envp, entry);
+  for (const auto& variable : spec.environment) detail::set_env_entry(plan.envp, variable.first + "=" + variable.second);
+  // The child's PATH finds its program (as `PATH=... prog` in a shell, and
+  // Python's Popen(env=...), do).
   const std::string path_variable = detail::env_value(plan.envp, "PATH");
 
   // Without working_directory, a process runs where pymanager was started.
@@ -172,7 +192,10 @@ inline LaunchPlan make_launch_plan(const ProcessSpec& spec, const Config& config
     // `.` with a name without a slash would search PATH: the path is absolute here.
     std::vector<std::string> wrapper = {
         detail::resolve_executable(spec.name, config.default_shell, base, path_variable), "-c",
-        "set -a && . \"$0\" && set +a && exec \"$@\"", file};
+        detail::kEnvironmentFileScript, file};
+    // The parser allows only shell variable names here (check_environment_names_with_environment_file).
+    for (const auto& variable : spec.environment) wrapper.push_back(variable.first + "=" + variable.second);
+    wrapper.emplace_back("--");
     command.insert(command.begin(), wrapper.begin(), wrapper.end());
   }
   plan.path = command.front();
