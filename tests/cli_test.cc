@@ -651,10 +651,10 @@ TEST_F(Ctl, FindsTheRunningManagerByItsStateFileAndDrivesIt) {
 
   auto stopped = ctl({"-f", "cfg.json", "stop", "1"});
   EXPECT_EQ(stopped.exit_code, 0) << stopped.err;
-  EXPECT_THAT(stopped.out, ::testing::ContainsRegex("1 +db +terminated +code -15"));
+  EXPECT_THAT(stopped.out, ::testing::ContainsRegex("1 +db +terminated +stopped +code -15"));
   auto started = ctl({"-f", "cfg.json", "start", "db"});
   EXPECT_EQ(started.exit_code, 0) << started.err;
-  EXPECT_THAT(started.out, ::testing::ContainsRegex("1 +db +running +pid [0-9]+"));
+  EXPECT_THAT(started.out, ::testing::ContainsRegex("1 +db +running +ready +pid [0-9]+"));
 
   auto missing = ctl({"-f", "cfg.json", "restart", "9"});
   EXPECT_EQ(missing.exit_code, 1);

@@ -214,6 +214,8 @@ TEST_F(Graph, AFileWithoutDependsOnStaysSequential) {
   ASSERT_EQ(start.wait_for(60s), std::future_status::ready);
   start.get();
   EXPECT_GE(*when(log_of("b"), "start"), *when(log_of("a"), "listening"));
+  // c has no verifier: it counts once spawned, and says so itself a moment later.
+  ASSERT_TRUE(wait_until([&] { return when(log_of("c"), "listening").has_value(); }));
   EXPECT_GE(*when(log_of("c"), "start"), *when(log_of("b"), "listening"));
   // Without depends_on, shutdown stops everything at once, as before.
   manager.shutdown();
@@ -256,6 +258,10 @@ TEST_F(Graph, ShutdownStopsDependentsFirst) {
   Capture capture;
   pymanager::Manager manager(cfg, capture.options());
   manager.start();
+  // Those without a verifier count once spawned: each says when it handles signals.
+  for (const auto& name : {"worker", "loner"}) {
+    ASSERT_TRUE(wait_until([&] { return when(log_of(name), "listening").has_value(); })) << name;
+  }
   manager.shutdown();
   ASSERT_TRUE(manager.wait_finished(60s));
   auto db_signal = when(log_of("db"), "signal 15");
@@ -280,7 +286,9 @@ TEST_F(Graph, StopSignalAndPerProcessGracefulTime) {
   Capture capture;
   pymanager::Manager manager(cfg, capture.options());
   manager.start();
-  ASSERT_TRUE(wait_until([&] { return when(log_of("stubborn"), "listening").has_value(); }));
+  for (const auto& name : {"pg", "stubborn"}) {
+    ASSERT_TRUE(wait_until([&] { return when(log_of(name), "listening").has_value(); })) << name;
+  }
   const auto began = std::chrono::steady_clock::now();
   manager.shutdown();
   ASSERT_TRUE(manager.wait_finished(60s));
@@ -341,7 +349,8 @@ TEST_F(Graph, AStdoutNobodyReadsNeverBlocksTheManager) {
   // A pipe the test never reads: it fills after 64 KiB.
   int fds[2];
   ASSERT_EQ(::pipe2(fds, O_CLOEXEC), 0);
-  auto cfg = config({R"("spam": {"executable": "sh", "arguments": ["-c", "while :; do echo spam spam spam spam spam; done"]})",
+  // spam prints about 2 MiB: more than the pipe and the writer's backlog hold.
+  auto cfg = config({R"("spam": {"executable": "sh", "arguments": ["-c", "seq 1 300000; exec sleep 600"]})",
                      R"("kept": {"executable": "sh", "arguments": ["-c", "seq 1 20000; exec sleep 600"],
                         "options": {"redirect_output": "kept.txt"}})"},
                     R"("graceful_time": 5)");
@@ -360,6 +369,8 @@ TEST_F(Graph, AStdoutNobodyReadsNeverBlocksTheManager) {
     pymanager::Manager manager(cfg, options);
     manager.start();
     ASSERT_TRUE(wait_until([&] { return testutil::read_file(file("kept.txt")) == expected; }, 30s));
+    // Every line of spam was read (the tail loses nothing), though few were shown.
+    ASSERT_TRUE(wait_until([&] { return manager.output_tail(0, 1) == std::vector<std::string>{"300000"}; }, 30s));
     const auto began = std::chrono::steady_clock::now();
     manager.shutdown();
     ASSERT_TRUE(manager.wait_finished(30s));

@@ -187,8 +187,10 @@ TEST_F(Api, ListAndStatusHaveTheOriginalShapes) {
   auto processes = manager_->processes();
   json expected = {{"count", 2},
                    {"processes",
-                    {{{"id", 1}, {"name", "web"}, {"command", "sleep 1000"}, {"status", "running"}, {"pid", processes[0].pid}},
-                     {{"id", 2}, {"name", "once"}, {"command", "sh -c exit 3"}, {"status", "terminated"}, {"code", 3}}}}};
+                    {{{"id", 1}, {"name", "web"}, {"command", "sleep 1000"}, {"status", "running"}, {"pid", processes[0].pid},
+                      {"state", "ready"}, {"daemons", json::array()}},
+                     {{"id", 2}, {"name", "once"}, {"command", "sh -c exit 3"}, {"status", "terminated"}, {"code", 3},
+                      {"state", "exited"}, {"daemons", json::array()}}}}};
   EXPECT_EQ(body, expected);
   EXPECT_EQ(call("GET", "/status"), std::make_pair(200, json{{"status", "running"}}));
   auto one = call("GET", "/processes/web");
@@ -247,7 +249,8 @@ TEST_F(Api, StopAndStartOneProcess) {
   auto stopped = call("POST", "/stop/web");
   ASSERT_EQ(stopped.first, 200) << stopped.second.dump();
   EXPECT_EQ(testutil::field(stopped.second, {"process"}), (json{{"id", 1}, {"name", "web"}, {"command", "sh -c echo started; exec sleep 1000"},
-                                            {"status", "terminated"}, {"code", -SIGTERM}}));
+                                            {"status", "terminated"}, {"code", -SIGTERM},
+                                            {"state", "stopped"}, {"daemons", json::array()}}));
   EXPECT_FALSE(testutil::group_alive(first));
   EXPECT_TRUE(manager_->processes()[1].running) << "stopping one process stopped another";
   EXPECT_FALSE(manager_->shutdown_begun());
