@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -601,6 +602,89 @@ TEST_F(Cli, SigkilledManagerLeavesNothingBehind) {
   // Within a second of the manager's death, even the daemon that left its group.
   for (pid_t p : pids_in("pids.txt")) {
     EXPECT_TRUE(wait_until([&] { return !testutil::pid_alive(p); }, 1000ms)) << "pid " << p << " survived";
+  }
+}
+
+/// The pids of the children of `pid` (/proc/PID/task/PID/children).
+std::vector<pid_t> children_of(pid_t pid) {
+  std::vector<pid_t> out;
+  std::istringstream in(testutil::read_file("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children"));
+  pid_t p;
+  while (in >> p) out.push_back(p);
+  return out;
+}
+
+/// The comm name of a process ("pymanager-keep..." for the keeper).
+std::string comm_of(pid_t pid) { return testutil::read_file("/proc/" + std::to_string(pid) + "/comm"); }
+
+TEST_F(Cli, AStdoutNobodyReadsDoesNotStopTheShutdown) {
+  // (pymanager -f cfg.json | sleep 600): the pipe fills and stays full.
+  write_config(R"("spam": {"executable": "sh", "arguments": ["-c", "echo $$ >> pids.txt; seq 1 300000; exec sleep 1000"]},
+                  "kept": {"executable": "sh", "arguments": ["-c", "echo $$ >> pids.txt; seq 1 5000; exec sleep 1000"],
+                           "options": {"redirect_output": "kept.txt"}})",
+               R"("keep-alive": true, "graceful-time": 5)");
+  testutil::Child pipeline({"/bin/sh", "-c", "\"$0\" -f cfg.json 2>err.txt | sleep 600", binary_}, dir_);
+  std::string expected;
+  for (int i = 1; i <= 5000; ++i) expected += std::to_string(i) + "\n";
+  ASSERT_TRUE(wait_until([&] { return testutil::read_file(dir_ + "/kept.txt") == expected; }, 30000ms));
+  ASSERT_TRUE(wait_until([&] { return pids_in("pids.txt").size() == 2; }));
+  // The manager is the pipeline's first child: find it by its state file.
+  ASSERT_TRUE(wait_until([&] { return testutil::read_file(dir_ + "/cfg.json.pymanager-state").find("\"pid\"") != std::string::npos; }));
+  auto state = nlohmann::json::parse(testutil::read_file(dir_ + "/cfg.json.pymanager-state"), nullptr, false);
+  pid_t manager = static_cast<pid_t>(testutil::integer(state, {"pid"}));
+  ASSERT_GT(manager, 0);
+  const auto began = std::chrono::steady_clock::now();
+  ASSERT_EQ(::kill(manager, SIGTERM), 0);
+  EXPECT_TRUE(wait_until([&] { return !testutil::pid_alive(manager); }, 20000ms)) << "the manager hangs on its stdout";
+  EXPECT_LT(std::chrono::steady_clock::now() - began, 20s);
+  expect_all_gone("pids.txt");
+  EXPECT_EQ(testutil::read_file(dir_ + "/kept.txt"), expected);
+  EXPECT_THAT(testutil::read_file(dir_ + "/err.txt"), ::testing::ContainsRegex("[0-9]+ lines not shown, stdout was not being read"));
+}
+
+TEST_F(Cli, TooFewFileDescriptorsIsAClearErrorBeforeAnythingRuns) {
+  std::string processes;
+  for (int i = 0; i < 60; ++i) {
+    processes += std::string(i ? ", " : "") + "\"p" + std::to_string(i) +
+                 R"(": {"executable": "sh", "arguments": ["-c", "echo $$ >> pids.txt; exec sleep 1000"]})";
+  }
+  write_config(processes, R"("keep-alive": true)");
+  // `ulimit -n` in sh sets the hard limit too: the manager cannot raise it.
+  auto result = testutil::run({"/bin/sh", "-c", "ulimit -n 100 && exec \"$0\" -f cfg.json", binary_}, dir_);
+  EXPECT_EQ(result.exit_code, 5) << result.err;
+  EXPECT_THAT(result.err, ::testing::ContainsRegex("cannot start 60 processes: they need about [0-9]+ file descriptors, "
+                                                   "but the limit is 100 \\(hard limit 100; raise it with ulimit -n\\)"));
+  EXPECT_TRUE(pids_in("pids.txt").empty()) << "processes were launched";
+}
+
+TEST_F(Cli, ACycleIsRefusedBeforeAnythingRuns) {
+  write_config(R"("a": {"executable": "sh", "arguments": ["-c", "echo $$ >> pids.txt; exec sleep 1000"], "depends_on": ["b"]},
+                  "b": {"executable": "sh", "arguments": ["-c", "echo $$ >> pids.txt; exec sleep 1000"], "depends_on": ["a"]},
+                  "c": {"executable": "sh", "arguments": ["-c", "echo $$ >> pids.txt; exec sleep 1000"]})");
+  auto result = run({"-f", "cfg.json"});
+  EXPECT_EQ(result.exit_code, 5);
+  EXPECT_THAT(result.err, HasSubstr("processes.a.depends_on: cycle a -> b -> a"));
+  EXPECT_TRUE(pids_in("pids.txt").empty());
+}
+
+TEST_F(Cli, AKilledKeeperIsReportedAndEndsTheRunWithExitCode6) {
+  write_config(sleeper("one") + R"(, "tree": {"executable": "sh",
+      "arguments": ["-c", "echo $$ >> pids.txt; sleep 1000 & echo $! >> pids.txt; exec sleep 1000"]})",
+               R"("keep-alive": true)");
+  auto child = start({"-f", "cfg.json", "-v"});
+  ASSERT_TRUE(child->wait_for_output("all processes are up"));
+  ASSERT_TRUE(wait_until([&] { return pids_in("pids.txt").size() == 3; }));
+  pid_t keeper = 0;
+  for (pid_t p : children_of(child->pid())) {
+    if (comm_of(p).rfind("pymanager-keep", 0) == 0) keeper = p;
+  }
+  ASSERT_GT(keeper, 0) << "no keeper among the manager's children";
+  ASSERT_EQ(::kill(keeper, SIGKILL), 0);
+  auto result = child->wait(30000ms);
+  EXPECT_EQ(result.exit_code, 6) << result.err;
+  EXPECT_THAT(result.err, HasSubstr("the keeper process (pid " + std::to_string(keeper) + ") was killed"));
+  for (pid_t p : pids_in("pids.txt")) {
+    EXPECT_TRUE(wait_until([&] { return !testutil::pid_alive(p); }, 5000ms)) << "pid " << p << " survived";
   }
 }
 

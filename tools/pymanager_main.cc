@@ -2,7 +2,8 @@
 // processes, and shuts them down on SIGINT, SIGTERM or SIGQUIT (a second
 // SIGINT kills at once). Exit codes as the original's: 1 config file not
 // found, 2 cannot read it, 3 not valid JSON, 4 no processes, 5 processes
-// could not be set up (invalid config included); 0 after a shutdown.
+// could not be set up (invalid config included); 0 after a shutdown; and
+// ours: 6 when the keeper process was killed from outside.
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -28,6 +29,8 @@
 namespace {
 
 constexpr int kUsageError = 2;
+/// The keeper process was killed from outside while pymanager ran.
+constexpr int kKeeperLost = 6;
 
 const char kUsage[] =
     "usage: pymanager [-h] [-f FILE] [-d] [-v] [-w] [-l LOGFILE] [-V]\n"
@@ -47,7 +50,8 @@ const char kUsage[] =
     "  -V, --version          print the version and exit\n"
     "\n"
     "exit codes: 0 after a shutdown, 1 config file not found, 2 cannot read it,\n"
-    "3 not valid JSON, 4 no processes, 5 processes could not be set up.\n";
+    "3 not valid JSON, 4 no processes, 5 processes could not be set up,\n"
+    "6 the keeper process was killed from outside (what it held was killed).\n";
 
 struct Options {
   std::string file = "pymanager.json";
@@ -351,6 +355,9 @@ int main(int argc, char** argv) {
         exit_code = pymanager::exit_code_for(e.kind());
       }
     }
+    // Killed from outside, the keeper took nothing with it: the Manager
+    // killed what it knew of and said what; this run did not end well.
+    if (manager->keeper_lost()) exit_code = kKeeperLost;
     watcher.stop();
     if (api) api->stop();
   }
