@@ -2,9 +2,10 @@
 // processes on the manager's behalf and guarantees their cleanup.
 //
 // Why a separate process (DESIGN.md, decision 7):
-// - it is a child subreaper (PR_SET_CHILD_SUBREAPER), so descendants that
-//   escape their process group (daemons that setsid) are re-parented to it
-//   and it can still kill them;
+// - it is a child subreaper (PR_SET_CHILD_SUBREAPER), so descendants whose
+//   parent died (daemons: `pg_ctl start`, `redis-server --daemonize yes`, a
+//   double fork and setsid) are re-parented to it: it sees them, reaps them
+//   and can always kill them;
 // - when its socket to the manager closes without a goodbye (the test binary
 //   crashed, was killed with SIGKILL, or called exit), it kills every process
 //   group and every adopted descendant, then exits;
@@ -12,16 +13,44 @@
 //   process (a test binary) has many threads;
 // - the host process never reaps anything but the keeper itself.
 //
-// The keeper is forked from the host, which may be multi-threaded: from the
-// fork on, the keeper's code uses only system calls and memory allocated
-// before the fork (no malloc, no stdio, no locks, no exceptions).
+// Two ways to start it, one code (keeper_main) for both:
+// - exec (the normal way): KeeperClient posix_spawns the small program
+//   //tools:pymanager-keeper (tools/keeper_main.cc, pymanager::run_keeper in
+//   pymanager/keeper.hpp) with the socket as fd 3. The keeper then shares
+//   nothing with the host: a host that holds 1 GiB does not get a keeper
+//   with 1 GiB of copy-on-write pages that every write of the host copies.
+//   The program is found, in this order: the environment variable
+//   PYMANAGER_KEEPER (a path; the value `fork` forces the fallback below),
+//   `pymanager-keeper` next to the running binary (/proc/self/exe), then in
+//   the Bazel runfiles (`<binary>.runfiles`, RUNFILES_DIR, TEST_SRCDIR; in
+//   `<root>/pymanager/tools/` or, as an external repository, in
+//   `<root>/<any folder>/tools/`). A depender of //:pymanager has it in its
+//   runfiles (a data dependency).
+// - fork (the fallback when no program is found): the keeper is forked from
+//   the host without exec. The host may be multi-threaded: from the fork on,
+//   the keeper's code uses only system calls (its memory comes from mmap and
+//   grows with mremap: no malloc, no stdio, no locks, no exceptions).
 //
-// Protocol: an AF_UNIX SOCK_SEQPACKET socket pair (one message per packet).
-// Manager -> keeper: spawn (argv, envp, working directory, each string
-// length-prefixed, and the output pipe's write end passed with SCM_RIGHTS),
-// signal a group, goodbye.
-// Keeper -> manager: spawned (pid), spawn failed (errno, stage), exited (wait
-// status of the group leader), group empty (no process left in the group).
+// Protocol: an AF_UNIX SOCK_SEQPACKET socket pair, one KeeperHeader per
+// packet (see KeeperMessage for each message's fields). Ids are the
+// manager's names for process groups: any value below kKeeperMaxIds, no
+// fixed count; the keeper's tables grow.
+//
+// Daemons and their owners. Every child's environment carries
+// PYMANAGER_OWNER=<token>:<id> (the manager adds it; the token, 16 lowercase
+// hex characters, is given to the keeper at start, so that a marker
+// inherited from another pymanager does not count). When the keeper finds a
+// child of its own that it did not spawn, it reads /proc/PID/environ, takes
+// the id from the marker with its token, and reports daemon_adopted; when it
+// reaps that child, daemon_gone. It looks after every batch of reaps (an
+// exit is what makes orphans), on each signal_daemons request, and every
+// 50 ms while a group lives on without its leader; at most once per 10 ms.
+// A daemon that runs with an empty environment (exec'd through `env -i`) or
+// one the keeper may not read (it changed its user) has no marker: it is
+// reported with kKeeperNoOwner, signal_daemons(kKeeperNoOwner, ...) reaches
+// it, and it is killed at cleanup like everything else the keeper adopted.
+// The keeper reads the environment the daemon was exec'd with: a daemon that
+// only unsets the variable in its own memory (unsetenv) is still attributed.
 #ifndef PYMANAGER_DETAIL_KEEPER_HPP
 #define PYMANAGER_DETAIL_KEEPER_HPP
 
@@ -29,40 +58,58 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <spawn.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
-#include <memory>
 #include <mutex>
+#include <new>
 #include <string>
 #include <vector>
 
 #include "pymanager/detail/fd.hpp"
 #include "pymanager/error.hpp"
 
+extern char** environ;
+
 namespace pymanager {
 inline namespace v1 {
 namespace detail {
 
+// ---------------------------------------------------------------------------
+// The protocol.
+
+/// One packet: a KeeperHeader (and for spawn its payload). Fields not named
+/// are 0.
 enum class KeeperMessage : std::uint32_t {
   // manager -> keeper
-  spawn = 1,
-  signal_group = 2,
-  goodbye = 3,
+  spawn = 1,           ///< id; b = payload size; the payload (encode_spawn_payload); SCM_RIGHTS: the child's
+                       ///< stdout write end, optionally its stderr write end (one fd: both)
+  signal_group = 2,    ///< id; a = signal: kill(-pgid, a) if the group is alive
+  goodbye = 3,         ///< kill everything (groups, daemons, what they left), exit
+  signal_daemons = 4,  ///< id (kKeeperNoOwner too); a = signal: look for new orphans first, then kill(pid, a) each
+                       ///< daemon of `id`; with SIGKILL also the group a daemon leads
   // keeper -> manager
-  ready = 10,
-  spawned = 11,
-  spawn_failed = 12,
-  exited = 13,
-  group_empty = 14,
+  ready = 10,           ///< a = keeper pid; b = kKeeperProtocolVersion. Always the first message.
+  spawned = 11,         ///< id; a = pid (also the new group's pgid)
+  spawn_failed = 12,    ///< id; a = errno; b = SpawnStage
+  exited = 13,          ///< id; a = wait status of the group leader; b = its pid
+  group_empty = 14,     ///< id; b = pgid: no process, not even a zombie, is left in the group
+  daemon_adopted = 15,  ///< id = owner id or kKeeperNoOwner; a = pid
+  daemon_gone = 16,     ///< id = owner id or kKeeperNoOwner; a = pid; b = wait status
 };
 
 /// Where a spawn failed, reported with the errno.
@@ -80,39 +127,302 @@ inline const char* describe_stage(SpawnStage stage) {
 
 struct KeeperHeader {
   KeeperMessage type;
-  std::uint32_t id;    ///< the process slot (0-based index)
-  std::int64_t a;      ///< spawned: pid; spawn_failed: errno; exited: wait status; signal_group: signal
-  std::int64_t b;      ///< spawn_failed: stage; spawn: payload size
+  std::uint32_t id;  ///< a process group's id (< kKeeperMaxIds), or a daemon's owner
+  std::int64_t a;    ///< see KeeperMessage
+  std::int64_t b;    ///< see KeeperMessage
 };
+
+/// Ids are below this (22 bits); the keeper's tables grow to the largest used.
+constexpr std::uint32_t kKeeperMaxIds = std::uint32_t{1} << 22;
+/// The owner of a daemon without a marker of ours in its environment.
+constexpr std::uint32_t kKeeperNoOwner = 0xFFFFFFFFu;
+/// Sent in `ready`, so that a keeper program from another version is refused.
+constexpr std::int64_t kKeeperProtocolVersion = 2;
+/// The keeper program finds its socket here.
+constexpr int kKeeperSocketFd = 3;
+/// The token's length: 16 lowercase hex characters.
+constexpr std::size_t kKeeperTokenLength = 16;
+/// The marker's name: PYMANAGER_OWNER=<token>:<id>.
+constexpr const char kKeeperOwnerVariable[] = "PYMANAGER_OWNER";
 
 /// The largest spawn request (path, argv, envp, working directory). A
 /// SOCK_SEQPACKET message must fit the socket's send buffer.
 constexpr std::size_t kKeeperMaxMessage = std::size_t{192} * 1024;
 constexpr std::size_t kKeeperMaxStrings = std::size_t{16} * 1024;
 
-/// Everything the keeper uses, allocated before the fork.
-struct KeeperMemory {
-  struct Slot {
-    pid_t pid = 0;  ///< the group leader, also the process group id
-    bool leader_alive = false;
-    bool group_alive = false;
-  };
-  explicit KeeperMemory(std::size_t slots) : slots(slots) {}
-  std::vector<Slot> slots;
-  char buffer[sizeof(KeeperHeader) + kKeeperMaxMessage];
-  char* strings[kKeeperMaxStrings];
-  char proc_buffer[4096];
-  char path_buffer[64];
+// ---------------------------------------------------------------------------
+// The keeper's side. Async-signal-safe code only from here to keeper_main:
+// in the fork fallback it runs in the child of a multi-threaded fork.
+
+/// An array in anonymous memory that grows with mremap. Elements must be
+/// trivially copyable; new ones are zero. No malloc: safe after fork.
+template <class T>
+struct KeeperArray {
+  T* data = nullptr;
+  std::size_t capacity = 0;  ///< in elements
+  std::size_t bytes = 0;
+
+  /// Room for at least `n` elements; false when the memory cannot be had.
+  bool reserve(std::size_t n) noexcept {
+    if (n <= capacity) return true;
+    std::size_t want = capacity == 0 ? 64 : capacity;
+    while (want < n) want *= 2;
+    // A multiple of 64 KiB is a multiple of every page size.
+    const std::size_t round = std::size_t{64} * 1024;
+    std::size_t new_bytes = (want * sizeof(T) + round - 1) / round * round;
+    void* p = data == nullptr ? ::mmap(nullptr, new_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+                              : ::mremap(data, bytes, new_bytes, MREMAP_MAYMOVE);
+    if (p == MAP_FAILED) return false;
+    data = static_cast<T*>(p);
+    bytes = new_bytes;
+    capacity = new_bytes / sizeof(T);
+    return true;
+  }
 };
 
-// ---------------------------------------------------------------------------
-// The keeper's side. Async-signal-safe code only from here to keeper_main.
+/// A child of the keeper: a group leader it spawned or a daemon it adopted.
+struct KeeperChild {
+  pid_t pid;             ///< 0: an empty slot
+  std::uint32_t id;      ///< the group's id (leader), or the owner (daemon)
+  std::uint32_t daemon;  ///< 0: a group leader; else 1 + the position in the daemon list
+};
 
-inline void keeper_send(int sock, KeeperMessage type, std::uint32_t id, std::int64_t a, std::int64_t b) noexcept {
-  KeeperHeader header{type, id, a, b};
-  // MSG_NOSIGNAL: a manager that is gone must not kill us with SIGPIPE.
-  while (::send(sock, &header, sizeof header, MSG_NOSIGNAL) < 0 && errno == EINTR) {
+/// pid -> KeeperChild, open addressing with linear probing, at most half
+/// full, backward-shift deletion (no tombstones). In anonymous memory.
+struct KeeperChildMap {
+  KeeperChild* slots = nullptr;
+  std::size_t bytes = 0;
+  unsigned bits = 0;  ///< capacity = 2^bits
+  std::size_t size = 0;
+
+  std::size_t capacity() const noexcept { return slots == nullptr ? 0 : std::size_t{1} << bits; }
+
+  std::size_t home(pid_t pid) const noexcept {
+    // Fibonacci hashing: the high bits of the product.
+    return static_cast<std::size_t>((std::uint64_t{static_cast<std::uint32_t>(pid)} * 0x9E3779B97F4A7C15ull) >> (64 - bits));
   }
+
+  KeeperChild* find(pid_t pid) noexcept {
+    if (slots == nullptr || pid <= 0) return nullptr;
+    const std::size_t mask = capacity() - 1;
+    for (std::size_t i = home(pid);; i = (i + 1) & mask) {
+      if (slots[i].pid == pid) return &slots[i];
+      if (slots[i].pid == 0) return nullptr;  // the table is never full
+    }
+  }
+
+  /// Room for one more; false when the memory cannot be had.
+  bool reserve_one() noexcept {
+    if ((size + 1) * 2 <= capacity()) return true;
+    return rehash(slots == nullptr ? 10 : bits + 1);
+  }
+
+  /// Adds a child not in the map yet; call reserve_one() first.
+  void insert(const KeeperChild& child) noexcept {
+    const std::size_t mask = capacity() - 1;
+    std::size_t i = home(child.pid);
+    while (slots[i].pid != 0) i = (i + 1) & mask;
+    slots[i] = child;
+    ++size;
+  }
+
+  void erase(KeeperChild* slot) noexcept {
+    const std::size_t mask = capacity() - 1;
+    std::size_t hole = static_cast<std::size_t>(slot - slots);
+    for (std::size_t j = (hole + 1) & mask; slots[j].pid != 0; j = (j + 1) & mask) {
+      // The entry at j may fill the hole unless its home lies cyclically in
+      // (hole, j]: then it would no longer be found from there.
+      std::size_t k = home(slots[j].pid);
+      bool stays = hole <= j ? (hole < k && k <= j) : (hole < k || k <= j);
+      if (stays) continue;
+      slots[hole] = slots[j];
+      hole = j;
+    }
+    slots[hole].pid = 0;
+    --size;
+  }
+
+ private:
+  bool rehash(unsigned new_bits) noexcept {
+    std::size_t new_bytes = (sizeof(KeeperChild) << new_bits);
+    void* p = ::mmap(nullptr, new_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return false;
+    KeeperChild* old = slots;
+    const std::size_t old_capacity = capacity();
+    const std::size_t old_bytes = bytes;
+    slots = static_cast<KeeperChild*>(p);
+    bytes = new_bytes;
+    bits = new_bits;
+    size = 0;
+    for (std::size_t i = 0; i < old_capacity; ++i) {
+      if (old[i].pid != 0) insert(old[i]);
+    }
+    if (old != nullptr) ::munmap(old, old_bytes);
+    return true;
+  }
+};
+
+/// Finds PYMANAGER_OWNER=<token>:<id> in an environment block (entries
+/// separated by NUL bytes) fed in pieces of any size. The first entry with
+/// this token and a valid id (decimal, at most 8 digits, below
+/// kKeeperMaxIds) wins; an empty token matches nothing.
+class KeeperOwnerMatcher {
+ public:
+  /// `token` must outlive the matcher.
+  KeeperOwnerMatcher(const char* token, std::size_t token_length) noexcept
+      : token_(token), token_length_(token_length), state_(token_length == 0 ? State::skipping : State::matching) {}
+
+  void feed(const char* data, std::size_t size) noexcept {
+    for (std::size_t i = 0; i < size && id_ == kKeeperNoOwner; ++i) step(data[i]);
+  }
+
+  /// True once an id was found (the rest need not be fed).
+  bool found() const noexcept { return id_ != kKeeperNoOwner; }
+
+  /// The end of the block (it ends an unterminated last entry too): the id,
+  /// or kKeeperNoOwner.
+  std::uint32_t finish() noexcept {
+    if (id_ == kKeeperNoOwner) end_entry();
+    return id_;
+  }
+
+ private:
+  enum class State : std::uint8_t { matching, digits, skipping };
+  static constexpr std::size_t kNameLength = sizeof kKeeperOwnerVariable - 1;
+
+  char expected(std::size_t pos) const noexcept {
+    if (pos < kNameLength) return kKeeperOwnerVariable[pos];
+    if (pos == kNameLength) return '=';
+    if (pos < kNameLength + 1 + token_length_) return token_[pos - kNameLength - 1];
+    return ':';
+  }
+
+  void step(char c) noexcept {
+    if (c == '\0') return end_entry();
+    switch (state_) {
+      case State::matching:
+        if (c != expected(pos_)) {
+          state_ = State::skipping;
+        } else if (++pos_ == kNameLength + token_length_ + 2) {
+          state_ = State::digits;
+        }
+        break;
+      case State::digits:
+        if (c >= '0' && c <= '9' && digits_ < 8) {
+          value_ = value_ * 10 + static_cast<std::uint32_t>(c - '0');
+          ++digits_;
+        } else {
+          state_ = State::skipping;
+        }
+        break;
+      case State::skipping:
+        break;
+    }
+  }
+
+  void end_entry() noexcept {
+    if (state_ == State::digits && digits_ > 0 && value_ < kKeeperMaxIds) id_ = value_;
+    state_ = token_length_ == 0 ? State::skipping : State::matching;
+    pos_ = 0;
+    value_ = 0;
+    digits_ = 0;
+  }
+
+  const char* token_;
+  std::size_t token_length_;
+  State state_;
+  std::size_t pos_ = 0;
+  std::uint32_t value_ = 0;
+  unsigned digits_ = 0;
+  std::uint32_t id_ = kKeeperNoOwner;
+};
+
+/// The next pid in a list of decimal numbers separated by anything else
+/// (/proc/.../children: "12 345 "); advances `p`. False at the end. Numbers
+/// of more than 9 digits and 0 are skipped.
+inline bool keeper_next_pid(const char*& p, const char* end, pid_t& pid) noexcept {
+  while (p < end) {
+    while (p < end && (*p < '0' || *p > '9')) ++p;
+    if (p == end) return false;
+    long value = 0;
+    int digits = 0;
+    for (; p < end && *p >= '0' && *p <= '9'; ++p) {
+      if (++digits <= 9) value = value * 10 + (*p - '0');
+    }
+    if (digits <= 9 && value > 0) {
+      pid = static_cast<pid_t>(value);
+      return true;
+    }
+  }
+  return false;
+}
+
+/// A process group the keeper spawned, indexed by id.
+struct KeeperGroup {
+  pid_t pgid;            ///< 0: no group alive under this id
+  std::uint32_t linger;  ///< 0: its leader is alive; else 1 + the position in the lingering list
+};
+
+struct KeeperDaemon {
+  pid_t pid;
+  std::uint32_t owner;
+};
+
+struct KeeperPendingSignal {
+  std::uint32_t id;
+  int sig;
+};
+
+/// Everything the keeper uses; it lives in anonymous memory (keeper_main).
+struct KeeperState {
+  int sock = -1;
+  int sigfd = -1;
+  pid_t self = 0;
+  char token[kKeeperTokenLength + 1] = {};
+  std::size_t token_length = 0;
+  rlim_t child_nofile = 0;  ///< 0: leave the children's limit as it is
+
+  KeeperArray<KeeperGroup> groups;  ///< by id
+  KeeperChildMap children;          ///< leaders and daemons, by pid
+  KeeperArray<KeeperDaemon> daemons;
+  std::size_t daemon_count = 0;
+  KeeperArray<std::uint32_t> lingering;  ///< ids of groups alive without their leader
+  std::size_t lingering_count = 0;
+  KeeperArray<KeeperPendingSignal> pending;  ///< signal_daemons requests waiting for the next look
+  std::size_t pending_count = 0;
+
+  bool look_wanted = false;
+  bool no_children_file = false;  ///< the kernel lacks CONFIG_PROC_CHILDREN: scan /proc
+  std::int64_t last_look_ms = 0;
+  std::int64_t next_linger_ms = 0;  ///< 0: no group lingers
+  KeeperArray<char> list;           ///< the text of /proc/self/task/<pid>/children
+
+  char children_path[64] = {};
+  char path_buffer[64] = {};
+  // Buffers, left as mmap gave them (zero): a page is touched when used.
+  char proc_buffer[4096];
+  char environ_buffer[4096];
+  char* strings[kKeeperMaxStrings];
+  alignas(8) char message[sizeof(KeeperHeader) + kKeeperMaxMessage];
+};
+
+/// Looks again for new orphans at most this often.
+constexpr std::int64_t kKeeperLookIntervalMs = 10;
+/// While a group lives without its leader, looks at it (and for orphans) this often.
+constexpr std::int64_t kKeeperLingerIntervalMs = 50;
+/// The cleanup's bound: killing and reaping what is left.
+constexpr std::int64_t kKeeperCleanupMs = 3000;
+/// At most this much of a daemon's environment is read.
+constexpr std::size_t kKeeperMaxEnviron = std::size_t{8} << 20;
+/// At most this much of the children list (4 M pids of 8 digits).
+constexpr std::size_t kKeeperMaxChildrenList = std::size_t{64} << 20;
+/// Descriptors one message may carry; more are closed and the spawn refused.
+constexpr int kKeeperMaxPassedFds = 4;
+
+inline std::int64_t keeper_now_ms() noexcept {
+  struct timespec ts {};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
 }
 
 /// Parses a decimal number; advances `p`.
@@ -135,33 +445,57 @@ inline void keeper_format_pid(char* out, const char* prefix, long pid, const cha
   *out = '\0';
 }
 
-/// Reads the parent pid from /proc/<pid>/stat; -1 when it cannot.
-inline long keeper_parent_of(KeeperMemory& m, long pid) noexcept {
-  keeper_format_pid(m.path_buffer, "/proc/", pid, "/stat");
-  int fd = ::open(m.path_buffer, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return -1;
-  ssize_t n = ::read(fd, m.proc_buffer, sizeof m.proc_buffer - 1);
+/// Reads the state letter and the parent pid from /proc/<pid>/stat; false
+/// when it cannot.
+inline bool keeper_read_stat(KeeperState& k, long pid, char& state, long& parent) noexcept {
+  keeper_format_pid(k.path_buffer, "/proc/", pid, "/stat");
+  int fd = ::open(k.path_buffer, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  ssize_t n = ::read(fd, k.proc_buffer, sizeof k.proc_buffer - 1);
   ::close(fd);
-  if (n <= 0) return -1;
-  m.proc_buffer[n] = '\0';
+  if (n <= 0) return false;
+  k.proc_buffer[n] = '\0';
   // "pid (comm) state ppid ...": comm may hold spaces and parentheses, so
   // look for the last ')'.
   const char* close_paren = nullptr;
-  for (const char* p = m.proc_buffer; *p; ++p) {
+  for (const char* p = k.proc_buffer; *p; ++p) {
     if (*p == ')') close_paren = p;
   }
-  if (close_paren == nullptr || close_paren[1] != ' ' || close_paren[2] == '\0' || close_paren[3] != ' ') return -1;
+  if (close_paren == nullptr || close_paren[1] != ' ' || close_paren[2] == '\0' || close_paren[3] != ' ') return false;
+  state = close_paren[2];
   const char* p = close_paren + 4;
-  return keeper_parse_long(p);
+  parent = keeper_parse_long(p);
+  return true;
 }
 
-/// SIGKILLs every process whose parent is the keeper (adopted descendants
-/// included) and the group each of them leads. Returns how many it found.
-inline int keeper_kill_children(KeeperMemory& m) noexcept {
+/// Calls `f(pid)` for every child of the keeper (adopted ones included):
+/// from /proc/self/task/<pid>/children, or by scanning /proc when the
+/// kernel has no such file.
+template <class F>
+void keeper_for_each_child(KeeperState& k, F f) noexcept {
+  if (!k.no_children_file) {
+    int fd = ::open(k.children_path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT) k.no_children_file = true;
+    if (fd >= 0) {
+      // Read it all before acting on it (it can be long: 10,000 children
+      // take 60 KB); large reads, so that it is mostly one snapshot.
+      std::size_t length = 0;
+      while (length < kKeeperMaxChildrenList && k.list.reserve(length + 16384)) {
+        ssize_t n = ::read(fd, k.list.data + length, k.list.capacity - length);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        length += static_cast<std::size_t>(n);
+      }
+      ::close(fd);
+      const char* p = k.list.data;
+      pid_t pid;
+      while (keeper_next_pid(p, k.list.data + length, pid)) f(pid);
+      return;
+    }
+    if (!k.no_children_file) return;  // a passing failure (EMFILE...): the next look
+  }
   int dir = ::open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir < 0) return 0;
-  const long self = ::getpid();
-  int found = 0;
+  if (dir < 0) return;
   alignas(8) char entries[4096];
   for (;;) {
     long n = ::syscall(SYS_getdents64, dir, entries, sizeof entries);
@@ -175,65 +509,203 @@ inline int keeper_kill_children(KeeperMemory& m) noexcept {
       if (name[0] < '1' || name[0] > '9') continue;
       const char* p = name;
       long pid = keeper_parse_long(p);
-      if (*p != '\0' || keeper_parent_of(m, pid) != self) continue;
-      ++found;
-      if (::getpgid(static_cast<pid_t>(pid)) == pid) ::kill(static_cast<pid_t>(-pid), SIGKILL);
-      ::kill(static_cast<pid_t>(pid), SIGKILL);
+      char state;
+      long parent;
+      if (*p == '\0' && keeper_read_stat(k, pid, state, parent) && parent == k.self) f(static_cast<pid_t>(pid));
     }
   }
   ::close(dir);
-  return found;
 }
 
-/// Reaps every finished child; reports group leaders' exits, then groups that
-/// became empty.
-inline void keeper_reap(KeeperMemory& m, int sock) noexcept {
+/// SIGKILLs a child of ours and the group it leads, if it leads one. A child
+/// not reaped yet keeps its pid: it cannot be someone else's.
+inline void keeper_kill_child_and_group(pid_t pid) noexcept {
+  if (::getpgid(pid) == pid) ::kill(-pid, SIGKILL);
+  ::kill(pid, SIGKILL);
+}
+
+/// Kills everything that is left and exits. Bounded: about kKeeperCleanupMs.
+[[noreturn]] inline void keeper_cleanup_and_exit(KeeperState& k) noexcept {
+  for (std::size_t i = 0; i < k.children.capacity(); ++i) {
+    const KeeperChild& child = k.children.slots[i];
+    if (child.pid == 0) continue;
+    if (child.daemon == 0) {
+      ::kill(-child.pid, SIGKILL);
+    } else {
+      keeper_kill_child_and_group(child.pid);
+    }
+  }
+  for (std::size_t i = 0; i < k.lingering_count; ++i) ::kill(-k.groups.data[k.lingering.data[i]].pgid, SIGKILL);
+  // Then rounds: reap, kill whatever is still a child of ours (what the
+  // killed left behind is re-parented to us), until nothing is left.
+  const std::int64_t deadline = keeper_now_ms() + kKeeperCleanupMs;
   for (;;) {
-    int status = 0;
-    pid_t pid = ::waitpid(-1, &status, WNOHANG);
-    if (pid <= 0) break;
-    for (std::size_t i = 0; i < m.slots.size(); ++i) {
-      auto& slot = m.slots[i];
-      if (slot.leader_alive && slot.pid == pid) {
-        slot.leader_alive = false;
-        keeper_send(sock, KeeperMessage::exited, static_cast<std::uint32_t>(i), status, 0);
-      }
-    }
-  }
-  for (std::size_t i = 0; i < m.slots.size(); ++i) {
-    auto& slot = m.slots[i];
-    // A group is empty when no process, not even a zombie, is left in it.
-    if (slot.group_alive && !slot.leader_alive && ::kill(-slot.pid, 0) != 0 && errno == ESRCH) {
-      slot.group_alive = false;
-      keeper_send(sock, KeeperMessage::group_empty, static_cast<std::uint32_t>(i), 0, 0);
-    }
-  }
-}
-
-/// Kills everything that is left and exits. Bounded: at most about 2 s.
-[[noreturn]] inline void keeper_cleanup_and_exit(KeeperMemory& m, int sigfd) noexcept {
-  for (auto& slot : m.slots) {
-    if (slot.group_alive) ::kill(-slot.pid, SIGKILL);
-  }
-  for (int round = 0; round < 200; ++round) {
-    keeper_kill_children(m);
     int status;
     while (::waitpid(-1, &status, WNOHANG) > 0) {
     }
     if (::waitpid(-1, &status, WNOHANG) < 0 && errno == ECHILD) break;
+    if (keeper_now_ms() >= deadline) break;
+    keeper_for_each_child(k, [](pid_t pid) { keeper_kill_child_and_group(pid); });
     // Wait for the next SIGCHLD, at most 10 ms.
-    struct pollfd p = {sigfd, POLLIN, 0};
+    struct pollfd p = {k.sigfd, POLLIN, 0};
     ::poll(&p, 1, 10);
     signalfd_siginfo info;
-    while (::read(sigfd, &info, sizeof info) > 0) {
+    while (k.sigfd >= 0 && ::read(k.sigfd, &info, sizeof info) > 0) {
     }
   }
   ::_exit(0);
 }
 
+/// Sends one message. It may block while the manager's queue is full (the
+/// manager always reads); a manager that is gone (EPIPE, ECONNRESET) ends
+/// the keeper with its cleanup.
+inline void keeper_send(KeeperState& k, KeeperMessage type, std::uint32_t id, std::int64_t a, std::int64_t b) noexcept {
+  KeeperHeader header{type, id, a, b};
+  for (;;) {
+    // MSG_NOSIGNAL: a manager that is gone must not kill us with SIGPIPE.
+    if (::send(k.sock, &header, sizeof header, MSG_NOSIGNAL) >= 0) return;
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == ENOBUFS || errno == ENOMEM) {
+      struct pollfd p = {k.sock, POLLOUT, 0};
+      ::poll(&p, 1, 100);
+      continue;
+    }
+    keeper_cleanup_and_exit(k);
+  }
+}
+
+// ----- daemons
+
+/// The owner of an orphan from its environment. False when there is nothing
+/// to adopt (it is gone, or a zombie that will be reaped next).
+inline bool keeper_owner_of(KeeperState& k, pid_t pid, std::uint32_t& owner) noexcept {
+  owner = kKeeperNoOwner;
+  keeper_format_pid(k.path_buffer, "/proc/", pid, "/environ");
+  int fd = ::open(k.path_buffer, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return errno != ENOENT && errno != ESRCH;  // EACCES: adopted, with no owner
+  KeeperOwnerMatcher matcher(k.token, k.token_length);
+  std::size_t total = 0;
+  while (total < kKeeperMaxEnviron && !matcher.found()) {
+    ssize_t n = ::read(fd, k.environ_buffer, sizeof k.environ_buffer);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    total += static_cast<std::size_t>(n);
+    matcher.feed(k.environ_buffer, static_cast<std::size_t>(n));
+  }
+  ::close(fd);
+  owner = matcher.finish();
+  if (total > 0) return true;
+  // An empty environment: `env -i`, or a zombie (it has no memory left).
+  char state = 0;
+  long parent = 0;
+  return keeper_read_stat(k, pid, state, parent) && state != 'Z';
+}
+
+/// A child we did not know: record it as a daemon and tell the manager.
+inline void keeper_consider_child(KeeperState& k, pid_t pid) noexcept {
+  if (k.children.find(pid) != nullptr) return;
+  std::uint32_t owner;
+  if (!keeper_owner_of(k, pid, owner)) return;
+  // Without memory it is not reported; the cleanup still kills it.
+  if (!k.children.reserve_one() || !k.daemons.reserve(k.daemon_count + 1)) return;
+  k.daemons.data[k.daemon_count] = KeeperDaemon{pid, owner};
+  ++k.daemon_count;
+  k.children.insert(KeeperChild{pid, owner, static_cast<std::uint32_t>(k.daemon_count)});
+  keeper_send(k, KeeperMessage::daemon_adopted, owner, pid, 0);
+}
+
+inline void keeper_look_for_daemons(KeeperState& k) noexcept {
+  k.look_wanted = false;
+  k.last_look_ms = keeper_now_ms();
+  keeper_for_each_child(k, [&k](pid_t pid) { keeper_consider_child(k, pid); });
+}
+
+inline void keeper_signal_daemons(KeeperState& k, std::uint32_t id, int sig) noexcept {
+  for (std::size_t i = 0; i < k.daemon_count; ++i) {
+    const KeeperDaemon& d = k.daemons.data[i];
+    if (d.owner != id) continue;
+    ::kill(d.pid, sig);
+    if (sig == SIGKILL && ::getpgid(d.pid) == d.pid) ::kill(-d.pid, SIGKILL);
+  }
+}
+
+/// A reaped daemon leaves the list (the last one takes its place).
+inline void keeper_forget_daemon(KeeperState& k, std::uint32_t position) noexcept {
+  const std::size_t index = position - 1;
+  const std::size_t last = k.daemon_count - 1;
+  if (index != last) {
+    k.daemons.data[index] = k.daemons.data[last];
+    if (KeeperChild* moved = k.children.find(k.daemons.data[index].pid)) moved->daemon = position;
+  }
+  --k.daemon_count;
+}
+
+// ----- groups
+
+inline void keeper_start_lingering(KeeperState& k, std::uint32_t id) noexcept {
+  if (!k.lingering.reserve(k.lingering_count + 1)) {
+    // Without memory: forget the group rather than lose track of the list.
+    k.groups.data[id] = KeeperGroup{0, 0};
+    return;
+  }
+  k.lingering.data[k.lingering_count] = id;
+  ++k.lingering_count;
+  k.groups.data[id].linger = static_cast<std::uint32_t>(k.lingering_count);
+}
+
+/// Reports the lingering groups that became empty.
+inline void keeper_check_lingering(KeeperState& k) noexcept {
+  for (std::size_t i = 0; i < k.lingering_count;) {
+    const std::uint32_t id = k.lingering.data[i];
+    const pid_t pgid = k.groups.data[id].pgid;
+    // A group is empty when no process, not even a zombie, is left in it.
+    if (::kill(-pgid, 0) == 0 || errno != ESRCH) {
+      ++i;
+      continue;
+    }
+    k.groups.data[id] = KeeperGroup{0, 0};
+    const std::size_t last = --k.lingering_count;
+    if (i != last) {
+      k.lingering.data[i] = k.lingering.data[last];
+      k.groups.data[k.lingering.data[i]].linger = static_cast<std::uint32_t>(i + 1);
+    }
+    keeper_send(k, KeeperMessage::group_empty, id, 0, pgid);
+  }
+  if (k.lingering_count == 0) k.next_linger_ms = 0;
+}
+
+/// Reaps every finished child: leaders' exits, daemons gone; then the
+/// groups that became empty.
+inline void keeper_reap(KeeperState& k) noexcept {
+  bool any = false;
+  for (;;) {
+    int status = 0;
+    pid_t pid = ::waitpid(-1, &status, WNOHANG);
+    if (pid <= 0) break;
+    any = true;
+    KeeperChild* slot = k.children.find(pid);
+    if (slot == nullptr) continue;  // an orphan that ended before we looked at it
+    const KeeperChild child = *slot;
+    k.children.erase(slot);
+    if (child.daemon != 0) {
+      keeper_forget_daemon(k, child.daemon);
+      keeper_send(k, KeeperMessage::daemon_gone, child.id, pid, status);
+    } else {
+      keeper_start_lingering(k, child.id);
+      keeper_send(k, KeeperMessage::exited, child.id, status, pid);
+    }
+  }
+  // An exit is what makes orphans: look for them (soon, rate-limited).
+  if (any) k.look_wanted = true;
+  keeper_check_lingering(k);
+}
+
+// ----- spawning
+
 /// Runs in the forked child that executes a spawn request. Never returns.
 [[noreturn]] inline void keeper_exec_child(const char* path, char* const* argv, char* const* envp, const char* cwd,
-                                           int out_fd, int error_fd, pid_t keeper_pid) noexcept {
+                                           int out_fd, int err_fd, int error_fd, pid_t keeper_pid,
+                                           rlim_t child_nofile) noexcept {
   auto fail = [&](SpawnStage stage) {
     std::int32_t report[2] = {errno, static_cast<std::int32_t>(stage)};
     ssize_t ignored = ::write(error_fd, report, sizeof report);
@@ -255,6 +727,15 @@ inline void keeper_reap(KeeperMemory& m, int sock) noexcept {
   // Dies with the keeper even if the keeper is SIGKILLed.
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (::getppid() != keeper_pid) ::_exit(127);
+  // The manager raised its own limit for its pipes; the service gets the
+  // limit it would have had.
+  if (child_nofile != 0) {
+    struct rlimit limit {};
+    if (::getrlimit(RLIMIT_NOFILE, &limit) == 0) {
+      limit.rlim_cur = (limit.rlim_max != RLIM_INFINITY && child_nofile > limit.rlim_max) ? limit.rlim_max : child_nofile;
+      ::setrlimit(RLIMIT_NOFILE, &limit);
+    }
+  }
   int null_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);  // dup2 below gives fd 0 without it
   if (null_fd < 0) fail(SpawnStage::stdin_open);
   if (null_fd != 0) {
@@ -263,9 +744,10 @@ inline void keeper_reap(KeeperMemory& m, int sock) noexcept {
   } else {
     ::fcntl(0, F_SETFD, 0);  // it is stdin itself: keep it across exec
   }
+  // The passed descriptors are above 3 (keeper_main keeps 0 to 3 open), so
+  // neither dup2 overwrites the other's source. They are close-on-exec.
   ::dup2(out_fd, 1);
-  ::dup2(out_fd, 2);
-  if (out_fd > 2) ::close(out_fd);
+  ::dup2(err_fd >= 0 ? err_fd : out_fd, 2);
   if (cwd != nullptr && cwd[0] != '\0' && ::chdir(cwd) != 0) fail(SpawnStage::chdir);
   ::execve(path, argv, envp);
   fail(SpawnStage::exec);
@@ -323,27 +805,43 @@ inline int keeper_decode_spawn(char* payload, std::size_t size, char** strings, 
   return p == end ? 0 : EINVAL;
 }
 
+/// What came with a message.
+struct KeeperReceived {
+  KeeperHeader header{};
+  std::size_t payload_size = 0;
+  bool truncated = false;  ///< larger than the buffer (MSG_TRUNC), or too many descriptors (MSG_CTRUNC)
+  int fds[kKeeperMaxPassedFds] = {};
+  int fd_count = 0;
+};
+
 /// Handles one spawn request (see keeper_decode_spawn for its payload).
-inline void keeper_spawn(KeeperMemory& m, int sock, const KeeperHeader& header, std::size_t payload_size,
-                         int out_fd) noexcept {
-  const std::uint32_t id = header.id;
+inline void keeper_spawn(KeeperState& k, const KeeperReceived& r) noexcept {
+  const std::uint32_t id = r.header.id;
   auto reject = [&](int err, SpawnStage stage) {
-    keeper_send(sock, KeeperMessage::spawn_failed, id, err, static_cast<std::int64_t>(stage));
+    keeper_send(k, KeeperMessage::spawn_failed, id, err, static_cast<std::int64_t>(stage));
   };
-  if (id >= m.slots.size() || out_fd < 0 || m.slots[id].group_alive) return reject(EINVAL, SpawnStage::protocol);
+  if (r.truncated) return reject(E2BIG, SpawnStage::protocol);
+  if (id >= kKeeperMaxIds || r.fd_count < 1 || r.fd_count > 2 ||
+      r.header.b != static_cast<std::int64_t>(r.payload_size)) {
+    return reject(EINVAL, SpawnStage::protocol);
+  }
+  if (!k.groups.reserve(std::size_t{id} + 1) || !k.children.reserve_one()) return reject(ENOMEM, SpawnStage::fork);
+  if (k.groups.data[id].pgid != 0) return reject(EBUSY, SpawnStage::protocol);
   SpawnRequest request;
-  int decode_error = keeper_decode_spawn(m.buffer + sizeof(KeeperHeader), payload_size, m.strings, kKeeperMaxStrings, request);
+  int decode_error = keeper_decode_spawn(k.message + sizeof(KeeperHeader), r.payload_size, k.strings, kKeeperMaxStrings, request);
   if (decode_error != 0) return reject(decode_error, SpawnStage::protocol);
 
   // Exec failures come back through this close-on-exec pipe: EOF means the
   // exec succeeded.
   int error_pipe[2];
   if (::pipe2(error_pipe, O_CLOEXEC) != 0) return reject(errno, SpawnStage::fork);
-  const pid_t keeper_pid = ::getpid();
+  const int out_fd = r.fds[0];
+  const int err_fd = r.fd_count == 2 ? r.fds[1] : -1;
   pid_t pid = ::fork();
   if (pid == 0) {
     ::close(error_pipe[0]);
-    keeper_exec_child(request.path, request.argv, request.envp, request.cwd, out_fd, error_pipe[1], keeper_pid);
+    keeper_exec_child(request.path, request.argv, request.envp, request.cwd, out_fd, err_fd, error_pipe[1], k.self,
+                      k.child_nofile);
   }
   int fork_errno = errno;
   ::close(error_pipe[1]);
@@ -366,15 +864,105 @@ inline void keeper_spawn(KeeperMemory& m, int sock, const KeeperHeader& header, 
     }
     return reject(report[0], static_cast<SpawnStage>(report[1]));
   }
-  auto& slot = m.slots[id];
-  slot.pid = pid;
-  slot.leader_alive = true;
-  slot.group_alive = true;
-  keeper_send(sock, KeeperMessage::spawned, id, pid, 0);
+  k.groups.data[id] = KeeperGroup{pid, 0};
+  k.children.insert(KeeperChild{pid, id, 0});
+  keeper_send(k, KeeperMessage::spawned, id, pid, 0);
 }
 
-/// The keeper's main loop. Never returns.
-[[noreturn]] inline void keeper_main(KeeperMemory& m, int sock) noexcept {
+/// Reads and handles one message from the manager.
+inline void keeper_receive(KeeperState& k) noexcept {
+  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * kKeeperMaxPassedFds)];
+  struct iovec iov = {k.message, sizeof k.message};
+  struct msghdr msg {};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof control;
+  ssize_t n = ::recvmsg(k.sock, &msg, MSG_CMSG_CLOEXEC);
+  if (n < 0 && (errno == EINTR || errno == EAGAIN)) return;
+  if (n <= 0) keeper_cleanup_and_exit(k);  // the manager is gone
+  KeeperReceived r;
+  for (struct cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    const std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (std::size_t i = 0; i < count; ++i) {
+      int fd;
+      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+      if (r.fd_count < kKeeperMaxPassedFds) {
+        r.fds[r.fd_count++] = fd;
+      } else {
+        ::close(fd);
+      }
+    }
+  }
+  r.truncated = (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0;
+  if (static_cast<std::size_t>(n) >= sizeof r.header) {
+    std::memcpy(&r.header, k.message, sizeof r.header);
+    r.payload_size = static_cast<std::size_t>(n) - sizeof r.header;
+    switch (r.header.type) {
+      case KeeperMessage::spawn:
+        keeper_spawn(k, r);
+        break;
+      case KeeperMessage::signal_group:
+        if (r.header.id < k.groups.capacity && k.groups.data[r.header.id].pgid != 0) {
+          ::kill(-k.groups.data[r.header.id].pgid, static_cast<int>(r.header.a));
+        }
+        break;
+      case KeeperMessage::signal_daemons:
+        // After the next look (at most kKeeperLookIntervalMs away), so that a
+        // daemon adopted a moment ago is reached too; a burst of requests
+        // shares one look.
+        if (k.pending.reserve(k.pending_count + 1)) {
+          k.pending.data[k.pending_count++] = KeeperPendingSignal{r.header.id, static_cast<int>(r.header.a)};
+          k.look_wanted = true;
+        } else {
+          keeper_signal_daemons(k, r.header.id, static_cast<int>(r.header.a));
+        }
+        break;
+      case KeeperMessage::goodbye:
+        keeper_cleanup_and_exit(k);
+      default:
+        break;
+    }
+  }
+  for (int i = 0; i < r.fd_count; ++i) ::close(r.fds[i]);
+}
+
+/// The timed work: lingering groups, looks for orphans and the
+/// signal_daemons waiting for one. Returns the poll timeout until the next.
+inline int keeper_timed_work(KeeperState& k) noexcept {
+  std::int64_t now = keeper_now_ms();
+  if (k.lingering_count > 0) {
+    if (k.next_linger_ms == 0) k.next_linger_ms = now + kKeeperLingerIntervalMs;
+    if (now >= k.next_linger_ms) {
+      // Something in the group may have been re-parented outside our tree
+      // and end without a SIGCHLD here; or the group's last members are
+      // orphans of ours to look at.
+      keeper_check_lingering(k);
+      k.look_wanted = true;
+      if (k.lingering_count > 0) k.next_linger_ms = now + kKeeperLingerIntervalMs;
+    }
+  }
+  if ((k.look_wanted || k.pending_count > 0) && now - k.last_look_ms >= kKeeperLookIntervalMs) {
+    keeper_look_for_daemons(k);
+    for (std::size_t i = 0; i < k.pending_count; ++i) keeper_signal_daemons(k, k.pending.data[i].id, k.pending.data[i].sig);
+    k.pending_count = 0;
+    now = keeper_now_ms();
+  }
+  std::int64_t timeout = -1;
+  if (k.lingering_count > 0 && k.next_linger_ms != 0) timeout = std::max<std::int64_t>(0, k.next_linger_ms - now);
+  if (k.look_wanted || k.pending_count > 0) {
+    std::int64_t look_in = std::max<std::int64_t>(0, k.last_look_ms + kKeeperLookIntervalMs - now);
+    if (timeout < 0 || look_in < timeout) timeout = look_in;
+  }
+  return static_cast<int>(timeout);
+}
+
+/// The keeper: `sock` is its end of the socket pair, `token` the owner token
+/// ("" attributes no daemon), `child_nofile` each child's soft
+/// RLIMIT_NOFILE (0: as inherited). Called in the forked child (fallback)
+/// or by run_keeper in the keeper program. Never returns.
+[[noreturn]] inline void keeper_main(int sock, const char* token, rlim_t child_nofile) noexcept {
   ::prctl(PR_SET_NAME, "pymanager-keep");
   ::prctl(PR_SET_CHILD_SUBREAPER, 1);
   // Out of the host's process group: a Ctrl-C or a test runner's kill of the
@@ -395,10 +983,10 @@ inline void keeper_spawn(KeeperMemory& m, int sock, const KeeperHeader& header, 
   sigaddset(&chld, SIGCHLD);
   ::sigprocmask(SIG_SETMASK, &chld, nullptr);
 
-  // Keep only stderr and our socket: every other descriptor of the host
-  // (listening sockets, its pipes) must not stay open in the keeper. The
-  // socket first moves above the standard descriptors, in case the host
-  // had closed them and it is one of them.
+  // Descriptors: 0 and 1 on /dev/null, 2 as inherited (or /dev/null), the
+  // socket on 3, nothing else: no listening socket or pipe of the host may
+  // stay open in the keeper. The socket first moves above the standard
+  // descriptors, in case the host had closed them and it is one of them.
   if (sock <= 2) {
     int moved = ::fcntl(sock, F_DUPFD_CLOEXEC, 3);
     if (moved < 0) ::_exit(1);
@@ -409,12 +997,13 @@ inline void keeper_spawn(KeeperMemory& m, int sock, const KeeperHeader& header, 
   if (null_fd >= 0) {
     ::dup2(null_fd, 0);
     ::dup2(null_fd, 1);
+    if (::fcntl(2, F_GETFD) < 0) ::dup2(null_fd, 2);
     if (null_fd > 2) ::close(null_fd);
   }
-  if (sock != 3) {
-    ::dup2(sock, 3);
+  if (sock != kKeeperSocketFd) {
+    ::dup2(sock, kKeeperSocketFd);
     ::close(sock);
-    sock = 3;
+    sock = kKeeperSocketFd;
   }
   ::fcntl(sock, F_SETFD, FD_CLOEXEC);
   if (::syscall(SYS_close_range, 4U, ~0U, 0U) != 0) {
@@ -423,65 +1012,40 @@ inline void keeper_spawn(KeeperMemory& m, int sock, const KeeperHeader& header, 
     if (max_fd > 65536) max_fd = 65536;
     for (rlim_t fd = 4; fd < max_fd; ++fd) ::close(static_cast<int>(fd));
   }
-  int sigfd = ::signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
-  if (sigfd < 0) ::_exit(1);
-  keeper_send(sock, KeeperMessage::ready, 0, ::getpid(), 0);
+
+  // Its own memory, in both modes (in the fork fallback nothing is
+  // allocated before the fork).
+  void* memory = ::mmap(nullptr, sizeof(KeeperState), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (memory == MAP_FAILED) ::_exit(1);
+  KeeperState& k = *new (memory) KeeperState;
+  k.sock = sock;
+  k.self = ::getpid();
+  for (; token != nullptr && k.token_length < kKeeperTokenLength && token[k.token_length] != '\0'; ++k.token_length) {
+    k.token[k.token_length] = token[k.token_length];
+  }
+  k.child_nofile = child_nofile;
+  k.last_look_ms = keeper_now_ms() - kKeeperLookIntervalMs;
+  keeper_format_pid(k.children_path, "/proc/self/task/", k.self, "/children");
+  k.sigfd = ::signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+  if (k.sigfd < 0) ::_exit(1);
+  keeper_send(k, KeeperMessage::ready, 0, k.self, kKeeperProtocolVersion);
 
   for (;;) {
-    // While a leader is gone but its group is not, something in the group
-    // may be re-parented to a process outside our tree and end without a
-    // SIGCHLD here: look again every 50 ms in that (rare) state only.
-    int timeout = -1;
-    for (const auto& slot : m.slots) {
-      if (slot.group_alive && !slot.leader_alive) timeout = 50;
-    }
-    struct pollfd fds[2] = {{sock, POLLIN, 0}, {sigfd, POLLIN, 0}};
+    int timeout = keeper_timed_work(k);
+    struct pollfd fds[2] = {{k.sock, POLLIN, 0}, {k.sigfd, POLLIN, 0}};
     int ready = ::poll(fds, 2, timeout);
-    if (ready < 0 && errno != EINTR) keeper_cleanup_and_exit(m, sigfd);
+    if (ready < 0 && errno != EINTR && errno != EAGAIN) keeper_cleanup_and_exit(k);
+    if (ready <= 0) continue;
     if (fds[1].revents & POLLIN) {
       signalfd_siginfo info;
-      while (::read(sigfd, &info, sizeof info) > 0) {
+      while (::read(k.sigfd, &info, sizeof info) > 0) {
       }
+      keeper_reap(k);
     }
-    keeper_reap(m, sock);
     if (fds[0].revents & POLLIN) {
-      alignas(8) char control[CMSG_SPACE(sizeof(int))];
-      struct iovec iov = {m.buffer, sizeof m.buffer};
-      struct msghdr msg {};
-      msg.msg_iov = &iov;
-      msg.msg_iovlen = 1;
-      msg.msg_control = control;
-      msg.msg_controllen = sizeof control;
-      ssize_t n = ::recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) keeper_cleanup_and_exit(m, sigfd);  // the manager is gone
-      int passed_fd = -1;
-      for (struct cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
-        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) std::memcpy(&passed_fd, CMSG_DATA(c), sizeof(int));
-      }
-      KeeperHeader header;
-      if (static_cast<std::size_t>(n) < sizeof header) {
-        if (passed_fd >= 0) ::close(passed_fd);
-        continue;
-      }
-      std::memcpy(&header, m.buffer, sizeof header);
-      switch (header.type) {
-        case KeeperMessage::spawn:
-          keeper_spawn(m, sock, header, static_cast<std::size_t>(n) - sizeof header, passed_fd);
-          break;
-        case KeeperMessage::signal_group:
-          if (header.id < m.slots.size() && m.slots[header.id].group_alive) {
-            ::kill(-m.slots[header.id].pid, static_cast<int>(header.a));
-          }
-          break;
-        case KeeperMessage::goodbye:
-          keeper_cleanup_and_exit(m, sigfd);
-        default:
-          break;
-      }
-      if (passed_fd >= 0) ::close(passed_fd);
+      keeper_receive(k);
     } else if (fds[0].revents & (POLLHUP | POLLERR)) {
-      keeper_cleanup_and_exit(m, sigfd);
+      keeper_cleanup_and_exit(k);
     }
   }
 }
@@ -497,8 +1061,8 @@ struct KeeperEvent {
   std::int64_t b;
 };
 
-/// The payload of a spawn request (see keeper_spawn). A string with a NUL
-/// byte cannot be sent: it would reach the kernel cut short.
+/// The payload of a spawn request (see keeper_decode_spawn). A string with a
+/// NUL byte cannot be sent: it would reach the kernel cut short.
 inline std::string encode_spawn_payload(const std::string& path, const std::string& cwd,
                                         const std::vector<std::string>& argv, const std::vector<std::string>& envp) {
   std::string payload;
@@ -520,37 +1084,174 @@ inline std::string encode_spawn_payload(const std::string& path, const std::stri
   return payload;
 }
 
-/// Starts the keeper and talks to it. `send_*` are thread-safe; `read_event`
-/// is for one reader thread.
+/// encode_spawn_payload with the keeper's limits checked: throws
+/// Error(spawn_failed) for an empty argv, too many strings or too many bytes.
+inline std::string make_spawn_payload(const std::string& path, const std::string& cwd,
+                                      const std::vector<std::string>& argv, const std::vector<std::string>& envp) {
+  if (argv.empty() || argv.size() + envp.size() + 2 > kKeeperMaxStrings) {
+    throw Error(ErrorKind::spawn_failed, "command line and environment have " + std::to_string(argv.size() + envp.size()) +
+                                             " strings (at most " + std::to_string(kKeeperMaxStrings - 2) + ")");
+  }
+  std::string payload = encode_spawn_payload(path, cwd, argv, envp);
+  if (payload.size() > kKeeperMaxMessage) {
+    throw Error(ErrorKind::spawn_failed, "command line and environment too large (" + std::to_string(payload.size()) +
+                                             " bytes, at most " + std::to_string(kKeeperMaxMessage) + ")");
+  }
+  return payload;
+}
+
+/// Sends one spawn request (a payload from make_spawn_payload) on the
+/// manager's end `sock`, with the child's stdout write end and, if
+/// `err_fd` >= 0, its stderr write end. A SOCK_SEQPACKET message goes whole
+/// or not at all: returns 0, or the errno (EAGAIN on a full non-blocking
+/// socket: nothing was sent; EPIPE: the keeper is gone). `flags` are added
+/// to sendmsg's (MSG_DONTWAIT...).
+inline int send_spawn_request(int sock, std::uint32_t id, const std::string& payload, int out_fd, int err_fd,
+                              int flags = 0) noexcept {
+  KeeperHeader header{KeeperMessage::spawn, id, 0, static_cast<std::int64_t>(payload.size())};
+  struct iovec iov[2] = {{&header, sizeof header}, {const_cast<char*>(payload.data()), payload.size()}};
+  struct msghdr msg {};
+  msg.msg_iov = iov;
+  msg.msg_iovlen = 2;
+  int fds[2] = {out_fd, err_fd};
+  const std::size_t count = err_fd >= 0 ? 2 : 1;
+  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof fds)] = {};
+  msg.msg_control = control;
+  msg.msg_controllen = CMSG_SPACE(sizeof(int) * count);
+  struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int) * count);
+  std::memcpy(CMSG_DATA(c), fds, sizeof(int) * count);
+  return retry_eintr([&] { return ::sendmsg(sock, &msg, MSG_NOSIGNAL | flags); }) >= 0 ? 0 : errno;
+}
+
+/// Sends a message without payload (signal_group, signal_daemons, goodbye);
+/// returns 0 or the errno, as send_spawn_request.
+inline int send_keeper_message(int sock, KeeperMessage type, std::uint32_t id, std::int64_t a, int flags = 0) noexcept {
+  KeeperHeader header{type, id, a, 0};
+  return retry_eintr([&] { return ::send(sock, &header, sizeof header, MSG_NOSIGNAL | flags); }) >= 0 ? 0 : errno;
+}
+
+/// A fresh owner token: 16 lowercase hex characters from getrandom.
+inline std::string make_keeper_token() {
+  unsigned char bytes[kKeeperTokenLength / 2];
+  std::size_t got = 0;
+  while (got < sizeof bytes) {
+    long n = ::syscall(SYS_getrandom, bytes + got, sizeof bytes - got, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) throw_system_error("cannot make the keeper's owner token: getrandom");
+    got += static_cast<std::size_t>(n);
+  }
+  const char hex[] = "0123456789abcdef";
+  std::string token;
+  for (unsigned char b : bytes) {
+    token.push_back(hex[b >> 4]);
+    token.push_back(hex[b & 15]);
+  }
+  return token;
+}
+
+/// The entry to add to a child's environment: PYMANAGER_OWNER=<token>:<id>.
+inline std::string keeper_owner_entry(const std::string& token, std::uint32_t id) {
+  return std::string(kKeeperOwnerVariable) + "=" + token + ":" + std::to_string(id);
+}
+
+inline bool is_keeper_token(const std::string& token) {
+  return token.size() == kKeeperTokenLength &&
+         std::all_of(token.begin(), token.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+}
+
+/// Why `path` cannot be run as the keeper program, or "" when it can.
+inline std::string keeper_program_problem(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return std::strerror(errno);
+  if (S_ISDIR(st.st_mode)) return std::strerror(EISDIR);
+  if (!S_ISREG(st.st_mode)) return "not a regular file";
+  if (::access(path.c_str(), X_OK) != 0) return std::strerror(errno);
+  return "";
+}
+
+/// The keeper program to exec, or "" for the fork fallback (see the top of
+/// this file for the order). Throws Error(system) when PYMANAGER_KEEPER
+/// names something that is not an executable file.
+inline std::string find_keeper_program() {
+  const char* forced = std::getenv("PYMANAGER_KEEPER");
+  if (forced != nullptr && forced[0] != '\0') {
+    if (std::strcmp(forced, "fork") == 0) return "";
+    std::string problem = keeper_program_problem(forced);
+    if (!problem.empty()) {
+      throw Error(ErrorKind::system, std::string("PYMANAGER_KEEPER=") + forced + ": not an executable file: " + problem);
+    }
+    return forced;
+  }
+  const std::string name = "pymanager-keeper";
+  std::string self;
+  {
+    char buffer[4096];
+    ssize_t n = ::readlink("/proc/self/exe", buffer, sizeof buffer - 1);
+    if (n > 0) self.assign(buffer, static_cast<std::size_t>(n));
+  }
+  std::vector<std::string> candidates;
+  auto slash = self.rfind('/');
+  if (slash != std::string::npos) candidates.push_back(self.substr(0, slash + 1) + name);
+  std::vector<std::string> roots;
+  if (!self.empty()) roots.push_back(self + ".runfiles");
+  for (const char* var : {"RUNFILES_DIR", "TEST_SRCDIR"}) {
+    if (const char* dir = std::getenv(var)) {
+      if (dir[0] != '\0') roots.emplace_back(dir);
+    }
+  }
+  for (const auto& root : roots) {
+    // This workspace's name (WORKSPACE), then any repository's folder: as
+    // an external repository, the folder is the repository's name.
+    candidates.push_back(root + "/pymanager/tools/" + name);
+    std::vector<std::string> folders;
+    if (DIR* dir = ::opendir(root.c_str())) {
+      while (struct dirent* entry = ::readdir(dir)) {
+        std::string folder = entry->d_name;
+        if (folder != "." && folder != ".." && folder != "pymanager") folders.push_back(folder);
+      }
+      ::closedir(dir);
+    }
+    std::sort(folders.begin(), folders.end());
+    for (const auto& folder : folders) candidates.push_back(root + "/" + folder + "/tools/" + name);
+  }
+  for (const auto& candidate : candidates) {
+    if (keeper_program_problem(candidate).empty()) return candidate;
+  }
+  return "";
+}
+
+/// How the keeper is started.
+struct KeeperOptions {
+  /// 16 lowercase hex characters (make_keeper_token()): the keeper
+  /// attributes a daemon to id N when its environment holds
+  /// PYMANAGER_OWNER=<token>:N (keeper_owner_entry). "" attributes none.
+  std::string token;
+  /// Each child's soft RLIMIT_NOFILE (at most the hard limit); 0: leave it as
+  /// the keeper has it (the host's).
+  rlim_t child_nofile_soft = 0;
+};
+
+/// Starts the keeper (exec'd program or fork fallback) and talks to it.
+/// The manager's end, socket_fd(), may be used directly (send_spawn_request,
+/// send_keeper_message, recv of KeeperHeader) or through the blocking
+/// helpers below: `send_*` are thread-safe; `read_event` is for one reader
+/// thread.
 class KeeperClient {
  public:
-  /// Forks the keeper with room for `slots` processes.
+  /// Launches the keeper and waits (at most 10 s) for its `ready`, which it
+  /// consumes. Throws Error(system) with what went wrong (Error(invalid_argument)
+  /// for a malformed token).
+  explicit KeeperClient(KeeperOptions options) { launch(std::move(options), true); }
+
+  /// Deprecated shim for the Manager of issue 8: the keeper has no slot
+  /// count any more (`slots` is ignored), no token is given, and `ready` is
+  /// left on the socket for the caller to read.
   explicit KeeperClient(std::size_t slots) {
-    int pair[2];
-    if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0) throw_system_error("socketpair");
-    UniqueFd ours(pair[0]);
-    UniqueFd theirs(pair[1]);
-    int size = static_cast<int>(sizeof(KeeperHeader) + kKeeperMaxMessage + 4096);
-    ::setsockopt(ours.get(), SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
-    ::setsockopt(theirs.get(), SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
-    // The keeper's memory is allocated here, before the fork; the child
-    // keeps its copy, ours is freed when this function returns.
-    auto memory = std::make_unique<KeeperMemory>(slots);
-    sigset_t all, old;
-    sigfillset(&all);
-    // Block every signal across fork, so that no handler of the host runs
-    // in the keeper before it has reset them.
-    ::pthread_sigmask(SIG_SETMASK, &all, &old);
-    pid_t pid = ::fork();
-    if (pid == 0) {
-      ours.reset();
-      keeper_main(*memory, theirs.release());
-    }
-    int fork_errno = errno;
-    ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
-    if (pid < 0) throw_system_error("cannot start the keeper process: fork", fork_errno);
-    pid_ = pid;
-    sock_ = std::move(ours);
+    (void)slots;
+    launch(KeeperOptions{}, false);
   }
 
   KeeperClient(const KeeperClient&) = delete;
@@ -561,42 +1262,31 @@ class KeeperClient {
 
   int socket_fd() const { return sock_.get(); }
   pid_t pid() const { return pid_; }
+  /// True when the keeper program was exec'd, false in the fork fallback.
+  bool exec_mode() const { return !path_.empty(); }
+  /// The program exec'd, "" in the fork fallback.
+  std::string keeper_path() const { return path_; }
 
   /// Asks for a spawn; the answer arrives as a spawned or spawn_failed event.
-  /// Returns false when the request cannot be sent (the keeper is gone), and
-  /// throws when it is too large.
+  /// `err_fd` < 0: stderr goes to `out_fd` too. Returns false when the
+  /// request cannot be sent (the keeper is gone), and throws when it is too
+  /// large. Blocking.
   bool send_spawn(std::uint32_t id, const std::string& path, const std::string& cwd,
-                  const std::vector<std::string>& argv, const std::vector<std::string>& envp, int out_fd) {
-    if (argv.empty() || argv.size() + envp.size() + 2 > kKeeperMaxStrings) {
-      throw Error(ErrorKind::spawn_failed, "command line and environment have " + std::to_string(argv.size() + envp.size()) +
-                                               " strings (at most " + std::to_string(kKeeperMaxStrings - 2) + ")");
-    }
-    std::string payload = encode_spawn_payload(path, cwd, argv, envp);
-    if (payload.size() > kKeeperMaxMessage) {
-      throw Error(ErrorKind::spawn_failed, "command line and environment too large (" + std::to_string(payload.size()) +
-                                               " bytes, at most " + std::to_string(kKeeperMaxMessage) + ")");
-    }
-    KeeperHeader header{KeeperMessage::spawn, id, 0, static_cast<std::int64_t>(payload.size())};
-    struct iovec iov[2] = {{&header, sizeof header}, {payload.data(), payload.size()}};
-    struct msghdr msg {};
-    msg.msg_iov = iov;
-    msg.msg_iovlen = 2;
-    alignas(8) char control[CMSG_SPACE(sizeof(int))] = {};
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof control;
-    struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(c), &out_fd, sizeof(int));
+                  const std::vector<std::string>& argv, const std::vector<std::string>& envp, int out_fd,
+                  int err_fd = -1) {
+    std::string payload = make_spawn_payload(path, cwd, argv, envp);
     std::lock_guard<std::mutex> lock(send_mutex_);
-    return retry_eintr([&] { return ::sendmsg(sock_.get(), &msg, MSG_NOSIGNAL); }) >= 0;
+    return sock_ && send_spawn_request(sock_.get(), id, payload, out_fd, err_fd) == 0;
   }
 
   /// Signals process group `id` (if it is not already empty).
-  bool send_signal(std::uint32_t id, int sig) { return send(KeeperHeader{KeeperMessage::signal_group, id, sig, 0}); }
+  bool send_signal(std::uint32_t id, int sig) { return send(KeeperMessage::signal_group, id, sig); }
 
-  /// Reads one event; false when the keeper is gone.
+  /// Signals the daemons attributed to `id` (kKeeperNoOwner: those without
+  /// an owner), after a fresh look for new ones.
+  bool send_signal_daemons(std::uint32_t id, int sig) { return send(KeeperMessage::signal_daemons, id, sig); }
+
+  /// Reads one event; false when the keeper is gone. Blocking.
   bool read_event(KeeperEvent& event) {
     KeeperHeader header;
     ssize_t n = retry_eintr([&] { return ::recv(sock_.get(), &header, sizeof header, 0); });
@@ -606,40 +1296,204 @@ class KeeperClient {
   }
 
   /// Goodbye, then wait (bounded) for the keeper to exit; SIGKILL it if it
-  /// does not. Idempotent.
+  /// does not. Idempotent; works on a blocking or non-blocking socket. The
+  /// events still queued are discarded.
   void close_and_reap() noexcept {
-    if (pid_ <= 0) return;
-    send(KeeperHeader{KeeperMessage::goodbye, 0, 0, 0});
-    // The keeper exits within about 2 s of a goodbye; give it 5.
-    for (int i = 0; i < 500; ++i) {
-      int status;
-      pid_t r = ::waitpid(pid_, &status, WNOHANG);
-      if (r == pid_ || (r < 0 && errno == ECHILD)) {
-        pid_ = 0;
-        break;
-      }
-      // Wait for its socket to close (it exits right after), at most 10 ms.
-      struct pollfd p = {sock_.get(), POLLRDHUP, 0};
-      ::poll(&p, 1, 10);
+    if (pid_ <= 0) {
+      sock_.reset();
+      return;
     }
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      int status;
-      while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+    // The keeper exits within about kKeeperCleanupMs of a goodbye or of
+    // its socket's end; give it 5 s.
+    const std::int64_t deadline = keeper_now_ms() + 5000;
+    if (sock_) {
+      std::lock_guard<std::mutex> lock(send_mutex_);
+      if (send_keeper_message(sock_.get(), KeeperMessage::goodbye, 0, 0, MSG_DONTWAIT) != 0) {
+        // Our queue to it is full: closing says the same (it cleans up on EOF).
+        sock_.reset();
       }
-      pid_ = 0;
+    }
+    // Read what it still sends until its end closes (it exits right after),
+    // so that it is never blocked on a full queue to us meanwhile.
+    while (sock_ && keeper_now_ms() < deadline) {
+      struct pollfd p = {sock_.get(), POLLIN, 0};
+      int wait = static_cast<int>(std::max<std::int64_t>(1, deadline - keeper_now_ms()));
+      if (::poll(&p, 1, wait) < 0 && errno != EINTR) break;
+      KeeperHeader header;
+      ssize_t n = ::recv(sock_.get(), &header, sizeof header, MSG_DONTWAIT);
+      if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) break;
     }
     sock_.reset();
+    for (;;) {
+      int status;
+      pid_t r = ::waitpid(pid_, &status, WNOHANG);
+      if (r == pid_ || (r < 0 && errno != EINTR)) {
+        pid_ = 0;
+        return;
+      }
+      if (keeper_now_ms() >= deadline) break;
+      struct timespec pause = {0, 1000000};
+      ::nanosleep(&pause, nullptr);
+    }
+    ::kill(pid_, SIGKILL);
+    int status;
+    while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+    }
+    pid_ = 0;
   }
 
  private:
-  bool send(const KeeperHeader& header) noexcept {
-    if (!sock_) return false;
+  void launch(KeeperOptions options, bool consume_ready) {
+    if (!options.token.empty() && !is_keeper_token(options.token)) {
+      throw Error(ErrorKind::invalid_argument,
+                  "keeper: the owner token must be 16 lowercase hex characters, not '" + options.token + "'");
+    }
+    std::string program = find_keeper_program();
+    int pair[2];
+    if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0) throw_system_error("keeper: socketpair");
+    UniqueFd ours(pair[0]);
+    UniqueFd theirs(pair[1]);
+    int size = static_cast<int>(sizeof(KeeperHeader) + kKeeperMaxMessage + 4096);
+    ::setsockopt(ours.get(), SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
+    ::setsockopt(theirs.get(), SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
+    if (program.empty()) {
+      pid_ = fork_keeper(ours.get(), theirs.get(), options);
+    } else {
+      pid_ = exec_keeper(program, theirs, options);
+      path_ = program;
+    }
+    theirs.reset();  // the keeper has it; ours must not keep its end open
+    sock_ = std::move(ours);
+    wait_ready(consume_ready);
+  }
+
+  static pid_t fork_keeper(int ours, int theirs, const KeeperOptions& options) {
+    // Everything the child needs is on this stack before the fork.
+    char token[kKeeperTokenLength + 1] = {};
+    std::memcpy(token, options.token.data(), std::min(options.token.size(), kKeeperTokenLength));
+    const rlim_t nofile = options.child_nofile_soft;
+    sigset_t all, old;
+    sigfillset(&all);
+    // Block every signal across fork, so that no handler of the host runs
+    // in the keeper before it has reset them.
+    ::pthread_sigmask(SIG_SETMASK, &all, &old);
+    pid_t pid = ::fork();
+    if (pid == 0) {
+      ::close(ours);
+      keeper_main(theirs, token, nofile);
+    }
+    int fork_errno = errno;
+    ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    if (pid < 0) throw_system_error("cannot start the keeper process: fork", fork_errno);
+    return pid;
+  }
+
+  static pid_t exec_keeper(const std::string& program, UniqueFd& theirs, const KeeperOptions& options) {
+    // The child's end goes to fd 3; dup2 onto itself would leave it
+    // close-on-exec, so it must not be 3 already.
+    if (theirs.get() == kKeeperSocketFd) {
+      int moved = ::fcntl(theirs.get(), F_DUPFD_CLOEXEC, kKeeperSocketFd + 1);
+      if (moved < 0) throw_system_error("keeper: fcntl");
+      theirs.reset(moved);
+    }
+    // argv and envp are built before the call.
+    std::vector<std::string> args = {program, "--token=" + options.token,
+                                     "--child-nofile=" + std::to_string(options.child_nofile_soft)};
+    std::vector<char*> argv;
+    for (auto& arg : args) argv.push_back(&arg[0]);
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t actions;
+    posix_spawnattr_t attr;
+    if (int err = ::posix_spawn_file_actions_init(&actions)) throw_system_error("keeper: posix_spawn_file_actions_init", err);
+    if (int err = ::posix_spawnattr_init(&attr)) {
+      ::posix_spawn_file_actions_destroy(&actions);
+      throw_system_error("keeper: posix_spawnattr_init", err);
+    }
+    // A clean signal state: the host may block signals or ignore SIGPIPE
+    // (cpp-httplib's server does), and the keeper must not inherit either.
+    sigset_t none, all;
+    sigemptyset(&none);
+    sigfillset(&all);
+    int err = ::posix_spawn_file_actions_adddup2(&actions, theirs.get(), kKeeperSocketFd);
+    if (err == 0) err = ::posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    if (err == 0) err = ::posix_spawnattr_setsigmask(&attr, &none);
+    if (err == 0) err = ::posix_spawnattr_setsigdefault(&attr, &all);
+    pid_t pid = 0;
+    if (err == 0) err = ::posix_spawn(&pid, program.c_str(), &actions, &attr, argv.data(), environ);
+    ::posix_spawnattr_destroy(&attr);
+    ::posix_spawn_file_actions_destroy(&actions);
+    if (err != 0) throw_system_error("cannot start the keeper program '" + program + "'", err);
+    return pid;
+  }
+
+  std::string describe() const {
+    return "the keeper " + (path_.empty() ? std::string("process (forked)") : "program '" + path_ + "'") + " (pid " +
+           std::to_string(pid_) + ")";
+  }
+
+  /// Kills and reaps a keeper that failed to start; throws `message`.
+  [[noreturn]] void fail_start(const std::string& message) {
+    ::kill(pid_, SIGKILL);
+    int status;
+    while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+    }
+    pid_ = 0;
+    sock_.reset();
+    throw Error(ErrorKind::system, message);
+  }
+
+  void wait_ready(bool consume) {
+    const std::int64_t deadline = keeper_now_ms() + 10000;
+    for (;;) {
+      struct pollfd p = {sock_.get(), POLLIN, 0};
+      int wait = static_cast<int>(std::max<std::int64_t>(0, deadline - keeper_now_ms()));
+      int r = ::poll(&p, 1, wait);
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) fail_start(errno_message(describe() + ": poll", errno));
+      if (r == 0) fail_start(describe() + " did not report ready within 10 s");
+      break;
+    }
+    KeeperHeader header{};
+    ssize_t n = retry_eintr([&] { return ::recv(sock_.get(), &header, sizeof header, consume ? 0 : MSG_PEEK); });
+    if (n != static_cast<ssize_t>(sizeof header)) {
+      // Gone before it was ready: say how it ended.
+      int status = 0;
+      std::string how;
+      pid_t r = 0;
+      for (int i = 0; i < 1000 && r == 0; ++i) {
+        r = ::waitpid(pid_, &status, WNOHANG);
+        if (r == 0) {
+          struct timespec pause = {0, 1000000};
+          ::nanosleep(&pause, nullptr);
+        }
+      }
+      if (r == pid_) {
+        how = WIFEXITED(status) ? "exited with code " + std::to_string(WEXITSTATUS(status))
+                                : "was killed by signal " + std::to_string(WTERMSIG(status));
+        pid_ = 0;
+        sock_.reset();
+        throw Error(ErrorKind::system, describe_gone(how));
+      }
+      fail_start(describe() + " closed its socket before it was ready");
+    }
+    if (header.type != KeeperMessage::ready || header.b != kKeeperProtocolVersion) {
+      fail_start(describe() + " speaks keeper protocol " + std::to_string(header.b) + ", this library needs " +
+                 std::to_string(kKeeperProtocolVersion) + " (rebuild it, or set PYMANAGER_KEEPER)");
+    }
+  }
+
+  std::string describe_gone(const std::string& how) const {
+    return "the keeper " + (path_.empty() ? std::string("process (forked)") : "program '" + path_ + "'") + " " + how +
+           " before it was ready";
+  }
+
+  bool send(KeeperMessage type, std::uint32_t id, std::int64_t a) noexcept {
     std::lock_guard<std::mutex> lock(send_mutex_);
-    return retry_eintr([&] { return ::send(sock_.get(), &header, sizeof header, MSG_NOSIGNAL); }) >= 0;
+    return sock_ && send_keeper_message(sock_.get(), type, id, a) == 0;
   }
 
   pid_t pid_ = 0;
+  std::string path_;
   UniqueFd sock_;
   std::mutex send_mutex_;
 };
