@@ -309,6 +309,58 @@ TEST_F(Graph, EnvironmentReachesTheChild) {
       << capture.output();
 }
 
+TEST_F(Graph, EachLineIsAnEventWithItsProcessAndStreamBeforeAnyFormatting) {
+  auto cfg = config({R"("a": {"executable": "sh", "arguments": ["-c", "echo to-out; echo to-err >&2; printf 'tail'; exec sleep 600"]})",
+                     R"("b": {"executable": "sh", "arguments": ["-c", "echo from-b; exec sleep 600"],
+                        "options": {"suppress_output": true}})"});
+  struct Seen {
+    std::size_t process;
+    std::string name;
+    pymanager::OutputStream stream;
+    std::string text;
+    bool complete;
+  };
+  std::mutex mutex;
+  std::vector<Seen> seen;
+  Capture capture;
+  auto options = capture.options();
+  options.on_output = [&](const pymanager::OutputLine& line) {
+    std::lock_guard<std::mutex> lock(mutex);
+    seen.push_back({line.process, std::string(line.name), line.stream, std::string(line.text), line.complete});
+  };
+  pymanager::Manager manager(cfg, options);
+  manager.start();
+  auto count = [&] {
+    std::lock_guard<std::mutex> lock(mutex);
+    return seen.size();
+  };
+  ASSERT_TRUE(wait_until([&] { return count() >= 3; }));
+  manager.shutdown();
+  ASSERT_TRUE(manager.wait_finished(60s));
+  std::lock_guard<std::mutex> lock(mutex);
+  auto find = [&](const std::string& text) -> const Seen* {
+    for (const auto& s : seen) {
+      if (s.text == text) return &s;
+    }
+    return nullptr;
+  };
+  const Seen* out = find("to-out");
+  const Seen* err = find("to-err");
+  const Seen* tail = find("tail");
+  const Seen* b = find("from-b");
+  ASSERT_TRUE(out && err && tail && b);
+  EXPECT_EQ(out->stream, pymanager::OutputStream::out);
+  EXPECT_EQ(err->stream, pymanager::OutputStream::err);
+  EXPECT_EQ(out->name, "a");
+  EXPECT_EQ(out->process, 0u);
+  EXPECT_TRUE(out->complete);
+  EXPECT_FALSE(tail->complete) << "the unfinished last line comes at the end of the stream";
+  // A suppressed process's lines are still events (not shown, still seen).
+  EXPECT_EQ(b->process, 1u);
+  EXPECT_THAT(capture.output(), ::testing::Not(HasSubstr("from-b")));
+  EXPECT_THAT(capture.output(), HasSubstr("a | to-err\n"));
+}
+
 TEST_F(Graph, ADaemonIsListedStoppedGracefullyAndReplacedOnRestart) {
   int port = testutil::free_port();
   auto cfg = config({service("db", port, {"--daemonize"})});
