@@ -194,36 +194,58 @@ namespace {
 /// event thread, in the order things happened.
 class ProcessLogFiles {
  public:
+  ProcessLogFiles() = default;
+  ProcessLogFiles(const ProcessLogFiles&) = delete;
+  ProcessLogFiles& operator=(const ProcessLogFiles&) = delete;
+  ~ProcessLogFiles() { close(); }
+
   /// `files[i]` empty: no file for process i.
   void open(const std::vector<std::string>& names, const std::vector<std::string>& files,
             const std::function<void(const std::string&)>& log) {
-    files_.clear();
+    close();
     for (std::size_t i = 0; i < names.size(); ++i) {
-      detail::UniqueFd file;
+      int fd = -1;
       if (!files[i].empty()) {
-        file.reset(::open(files[i].c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0644));
-        if (!file) log(errno_message("cannot write the output of '" + names[i] + "' to " + files[i], errno));
+        fd = ::open(files[i].c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0644);
+        if (fd < 0) log(errno_message("cannot write the output of '" + names[i] + "' to " + files[i], errno));
       }
-      files_.push_back(std::move(file));
+      files_.push_back(fd);
     }
   }
 
   void line(const OutputLine& line) {
-    if (line.process >= files_.size() || !files_[line.process]) return;
+    if (line.process >= files_.size() || files_[line.process] < 0) return;
     std::string text(line.text);
     text += '\n';
-    detail::write_all(files_[line.process].get(), text);
+    write_fully(files_[line.process], text);
   }
 
   void note(std::size_t index, const std::string& text) {
-    if (index < files_.size() && files_[index]) detail::write_all(files_[index].get(), "[pymanager] " + text + "\n");
+    if (index < files_.size() && files_[index] >= 0) write_fully(files_[index], "[pymanager] " + text + "\n");
   }
 
   /// Once the Manager is gone (nothing writes any more).
-  void close() { files_.clear(); }
+  void close() {
+    for (int fd : files_) {
+      if (fd >= 0) ::close(fd);
+    }
+    files_.clear();
+  }
 
  private:
-  std::vector<detail::UniqueFd> files_;
+  /// A regular file of our own: it takes everything, or the disk is full
+  /// (then the rest of the line is lost, and the process goes on).
+  static void write_fully(int fd, const std::string& text) {
+    std::size_t done = 0;
+    while (done < text.size()) {
+      ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return;
+      done += static_cast<std::size_t>(n);
+    }
+  }
+
+  std::vector<int> files_;
 };
 
 }  // namespace
@@ -235,6 +257,9 @@ class Session {
  public:
   Session(ConfigSource source, Options options, bool global)
       : source_(std::move(source)), options_(std::move(options)), global_(global) {
+    // Without a log of the user's, the Manager's own default is used for its
+    // messages: written to stderr without ever blocking its event thread.
+    own_log_ = static_cast<bool>(options_.log);
     if (!options_.log) options_.log = log_to_stderr;
   }
   Session(const Session&) = delete;
@@ -268,7 +293,7 @@ class Session {
     manager_options.output_fd = options_.echo_output ? STDOUT_FILENO : -1;
     manager_options.color = false;
     manager_options.on_output = [this](const OutputLine& line) { log_files_.line(line); };
-    manager_options.log = options_.log;
+    if (own_log_) manager_options.log = options_.log;
     manager_options.verbose = options_.verbose;
     manager_options.extra_environment = ports_->environment();
     manager_options.on_exit = [this](const ProcessInfo& info, bool expected) { on_exit(info, expected); };
@@ -566,6 +591,7 @@ class Session {
   std::vector<std::string> redirects_;     ///< redirect_output paths ("" none)
   std::vector<std::string> copies_;        ///< where a redirect_output file is copied at the end
   ProcessLogFiles log_files_;
+  bool own_log_ = false;  ///< the user gave Options::log
   std::atomic<bool> quiet_{false};
 
   mutable std::mutex mutex_;

@@ -995,7 +995,7 @@ TEST(ConfigVerifier, UserRegisteredVerifier) {
 TEST(ConfigVerifier, UserFactoryErrorsPropagate) {
   VerifierRegistry registry;
   registry.add("mymod.Strict", [](const nlohmann::json& arguments, const std::string& path) {
-    pymanager::detail::ObjectReader<nlohmann::json> reader(arguments, path);
+    pymanager::ArgumentReader reader(arguments, path);
     reader.required_string("socket");
     reader.finish();
     return std::shared_ptr<const pymanager::Verifier>(std::make_shared<const MyVerifier>(arguments));

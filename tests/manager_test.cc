@@ -607,7 +607,7 @@ TEST(Manager, AUserWrittenVerifierIsUsedFromTheConfig) {
   std::string dir = testutil::make_temp_dir();
   auto registry = pymanager::builtin_verifiers();
   registry.add("mytests.FileExistsVerifier", [&](const nlohmann::json& args, const std::string& path) {
-    pymanager::detail::ObjectReader<nlohmann::json> reader(args, path);
+    pymanager::ArgumentReader reader(args, path);
     std::string file = reader.required_string("path");
     reader.finish();
     return std::make_shared<FileExistsVerifier>(dir + "/" + file);

@@ -122,7 +122,9 @@ class Logger {
   }
   void operator()(const std::string& message) const {
     if (fd_ < 0) {
-      pymanager::log_to_stderr(message);
+      // Never blocks: a stderr nobody reads costs messages (counted), never
+      // a stalled manager.
+      stderr_->write("pymanager: " + message + "\n");
       return;
     }
     char stamp[32];
@@ -138,8 +140,13 @@ class Logger {
     }
   }
   int fd() const { return fd_; }
+  /// At the end: what stderr has not taken yet, for at most a second.
+  void flush() const { stderr_->flush(std::chrono::seconds(1)); }
+  /// After daemonizing: standard error is another file now.
+  void reopen_stderr() { stderr_ = std::make_unique<pymanager::StreamWriter>(STDERR_FILENO); }
 
  private:
+  std::unique_ptr<pymanager::StreamWriter> stderr_ = std::make_unique<pymanager::StreamWriter>(STDERR_FILENO);
   int fd_ = -1;
   std::string path_;
   mutable std::atomic<bool> failure_reported_{false};
@@ -148,7 +155,7 @@ class Logger {
 /// Daemon mode: forks before any thread exists. The parent waits for the
 /// child's verdict on a pipe and exits with it; the child returns the pipe's
 /// write end and carries on in its own session.
-int daemonize_or_exit(const Logger& logger) {
+int daemonize_or_exit(Logger& logger) {
   int status_pipe[2];
   if (::pipe2(status_pipe, O_CLOEXEC) != 0) {
     std::cerr << "pymanager: " << pymanager::errno_message("pipe2", errno) << "\n";
@@ -188,6 +195,7 @@ int daemonize_or_exit(const Logger& logger) {
   ::dup2(out, STDOUT_FILENO);
   ::dup2(out, STDERR_FILENO);
   if (null_fd > 2) ::close(null_fd);
+  logger.reopen_stderr();
   return status_pipe[1];
 }
 
@@ -361,5 +369,6 @@ int main(int argc, char** argv) {
     watcher.stop();
     if (api) api->stop();
   }
+  logger.flush();
   return exit_code;
 }

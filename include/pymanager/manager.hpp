@@ -219,8 +219,8 @@ class Manager {
   ManagerOptions options_;
   std::string token_;  ///< this manager's mark in every child's environment
   rlim_t child_nofile_ = 0;
-  std::unique_ptr<detail::StreamWriter> out_writer_;
-  std::unique_ptr<detail::StreamWriter> log_writer_;  ///< for the default log only
+  std::unique_ptr<StreamWriter> out_writer_;
+  std::unique_ptr<StreamWriter> log_writer_;  ///< for the default log only
   std::function<void(const std::string&)> log_;
   std::unique_ptr<detail::TerminalPrinter> printer_;
   detail::TailBuffers tails_;
@@ -456,12 +456,12 @@ inline Manager::Manager(Config config, ManagerOptions options)
       scheduler_(config_) {
   if (config_.processes.empty()) throw Error(ErrorKind::config_no_processes, "processes: no processes are configured");
   if (config_.base_directory.empty()) config_.base_directory = detail::current_directory();
-  if (options_.output_fd >= 0) out_writer_ = std::make_unique<detail::StreamWriter>(options_.output_fd);
+  if (options_.output_fd >= 0) out_writer_ = std::make_unique<StreamWriter>(options_.output_fd);
   if (options_.log) {
     log_ = options_.log;
   } else {
-    log_writer_ = std::make_unique<detail::StreamWriter>(STDERR_FILENO);
-    detail::StreamWriter* writer = log_writer_.get();
+    log_writer_ = std::make_unique<StreamWriter>(STDERR_FILENO);
+    StreamWriter* writer = log_writer_.get();
     log_ = [writer](const std::string& message) { writer->write("pymanager: " + message + "\n"); };
   }
   std::size_t name_width = 0;
@@ -1136,7 +1136,7 @@ inline void Manager::event_loop() {
       ::epoll_ctl(epoll.get(), EPOLL_CTL_MOD, core_->fd(), &ev);
       keeper_wants_out = wants_out;
     }
-    detail::StreamWriter* writers[2] = {out_writer_.get(), log_writer_.get()};  // either may be null
+    StreamWriter* writers[2] = {out_writer_.get(), log_writer_.get()};  // either may be null
     for (int w = 0; w < 2; ++w) {
       int fd = writers[w] ? writers[w]->wait_fd() : -1;
       if (fd == writer_fds[w]) continue;

@@ -131,6 +131,8 @@ inline ssize_t write_no_sigpipe(int fd, const char* data, std::size_t size) {
   return n;
 }
 
+}  // namespace detail
+
 /// Writes text to a descriptor it does not own (standard output, standard
 /// error, a pipe, a terminal, a file) without ever blocking: what cannot be
 /// written now waits in a bounded backlog, written when the descriptor is
@@ -174,6 +176,8 @@ class StreamWriter {
   bool write(std::string_view text) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (mode_ == Mode::broken) return count_dropped(text);
+    // What waits goes first (also for a writer that no event loop services).
+    flush_some();
     std::size_t done = 0;
     if (pending() == 0) done = write_now(text.data(), text.size());
     if (done == text.size()) return true;
@@ -248,18 +252,18 @@ class StreamWriter {
       std::size_t chunk = size - done;
       switch (mode_) {
         case Mode::file:
-          n = write_no_sigpipe(fd_, data + done, chunk);
+          n = detail::write_no_sigpipe(fd_, data + done, chunk);
           break;
         case Mode::socket:
-          n = retry_eintr([&] { return ::send(fd_, data + done, chunk, MSG_DONTWAIT | MSG_NOSIGNAL); });
+          n = detail::retry_eintr([&] { return ::send(fd_, data + done, chunk, MSG_DONTWAIT | MSG_NOSIGNAL); });
           break;
         case Mode::nonblocking:
-          n = write_no_sigpipe(write_target(), data + done, chunk);
+          n = detail::write_no_sigpipe(write_target(), data + done, chunk);
           break;
         case Mode::poll_first: {
           struct pollfd p = {fd_, POLLOUT, 0};
           if (::poll(&p, 1, 0) != 1 || (p.revents & POLLOUT) == 0) return done;
-          n = write_no_sigpipe(fd_, data + done, std::min<std::size_t>(chunk, PIPE_BUF));
+          n = detail::write_no_sigpipe(fd_, data + done, std::min<std::size_t>(chunk, PIPE_BUF));
           break;
         }
         case Mode::broken:
@@ -297,12 +301,14 @@ class StreamWriter {
   int fd_;
   std::size_t max_backlog_;
   Mode mode_ = Mode::broken;
-  UniqueFd own_;
+  detail::UniqueFd own_;
   mutable std::mutex mutex_;
   std::string backlog_;
   std::size_t head_ = 0;
   std::size_t dropped_ = 0;
 };
+
+namespace detail {
 
 /// The last lines of each process, for diagnosis. Thread-safe.
 class TailBuffers {

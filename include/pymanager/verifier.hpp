@@ -108,6 +108,15 @@ class Verifier {
   virtual bool expects_exit() const { return false; }
 };
 
+/// Reads a verifier's `arguments` by name and type, with errors that name the
+/// JSON path; `finish()` refuses every member that was not read (with a
+/// "did you mean" for a near miss). For user-written verifier factories:
+///   ArgumentReader reader(arguments, path);
+///   std::string file = reader.required_string("path");
+///   double timeout = reader.seconds("timeout").value_or(30);
+///   reader.finish();
+using ArgumentReader = detail::ObjectReader<nlohmann::json>;
+
 /// Makes a verifier from its `arguments` object; throws a config error naming
 /// `path` (e.g. `processes.web.verifier.arguments`) when they are invalid.
 using VerifierFactory =
