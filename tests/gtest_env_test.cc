@@ -494,3 +494,28 @@ TEST(Environment, SetUpAndTearDownCalledDirectly) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(Services, ADependencyGraphComesUpAndDownAsInTheManager) {
+  const std::string service = testutil::runfile("tests/helpers/http_service");
+  auto web = [&](const std::string& name, const std::string& depends) {
+    return "\"" + name + "\": {\"executable\": \"" + service + "\", \"arguments\": [\"--port\", \"${port:" + name +
+           "}\"], \"depends_on\": " + depends + ", \"verifier\": {\"type\": \"pymutils.http_verifier.HttpOkVerifier\", " +
+           "\"arguments\": {\"url\": \"http://127.0.0.1:${port:" + name + "}/health\", \"timeout\": 10}}}";
+  };
+  std::vector<pid_t> pids;
+  {
+    Services services(source(web("db", "[]") + ", " + web("api", "[\"db\"]") + ", " + web("worker", "{\"db\": \"started\"}")),
+                      quiet());
+    for (const auto& p : services.processes()) {
+      EXPECT_EQ(p.state, pymanager::ProcessState::ready) << p.name;
+      EXPECT_TRUE(p.running) << p.name;
+      pids.push_back(p.pid);
+    }
+    EXPECT_EQ(pids.size(), 3u);
+  }
+  for (pid_t pid : pids) EXPECT_TRUE(wait_until([&] { return !testutil::pid_alive(pid); })) << pid;
+}
+
+}  // namespace
