@@ -44,7 +44,9 @@
 // the id from the marker with its token, and reports daemon_adopted; when it
 // reaps that child, daemon_gone. It looks after every batch of reaps (an
 // exit is what makes orphans), on each signal_daemons request, and every
-// 50 ms while a group lives on without its leader; at most once per 10 ms.
+// 50 ms while a group lives on without its leader; at most once per 10 ms
+// (and, with thousands of children, where a look costs more, at most a
+// tenth of the time).
 // A daemon that runs with an empty environment (exec'd through `env -i`) or
 // one the keeper may not read (it changed its user) has no marker: it is
 // reported with kKeeperNoOwner, signal_daemons(kKeeperNoOwner, ...) reaches
@@ -394,6 +396,7 @@ struct KeeperState {
   bool look_wanted = false;
   bool no_children_file = false;  ///< the kernel lacks CONFIG_PROC_CHILDREN: scan /proc
   std::int64_t last_look_ms = 0;
+  std::int64_t look_interval_ms = 0;  ///< kKeeperLookIntervalMs, more when a look is slow
   std::int64_t next_linger_ms = 0;  ///< 0: no group lingers
   KeeperArray<char> list;           ///< the text of /proc/self/task/<pid>/children
 
@@ -408,6 +411,11 @@ struct KeeperState {
 
 /// Looks again for new orphans at most this often.
 constexpr std::int64_t kKeeperLookIntervalMs = 10;
+/// ... and waits at least this many times as long as the last look took: the
+/// kernel restarts its walk of the children list at every 4 KB read, so a
+/// look costs about 10 ms with 10,000 children, and looks must not take
+/// more than a tenth of the keeper's time.
+constexpr std::int64_t kKeeperLookCostFactor = 9;
 /// While a group lives without its leader, looks at it (and for orphans) this often.
 constexpr std::int64_t kKeeperLingerIntervalMs = 50;
 /// The cleanup's bound: killing and reaping what is left.
@@ -419,11 +427,13 @@ constexpr std::size_t kKeeperMaxChildrenList = std::size_t{64} << 20;
 /// Descriptors one message may carry; more are closed and the spawn refused.
 constexpr int kKeeperMaxPassedFds = 4;
 
-inline std::int64_t keeper_now_ms() noexcept {
+inline std::int64_t keeper_now_us() noexcept {
   struct timespec ts {};
   ::clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<std::int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+  return static_cast<std::int64_t>(ts.tv_sec) * 1000000 + ts.tv_nsec / 1000;
 }
+
+inline std::int64_t keeper_now_ms() noexcept { return keeper_now_us() / 1000; }
 
 /// Parses a decimal number; advances `p`.
 inline long keeper_parse_long(const char*& p) noexcept {
@@ -616,8 +626,11 @@ inline void keeper_consider_child(KeeperState& k, pid_t pid) noexcept {
 
 inline void keeper_look_for_daemons(KeeperState& k) noexcept {
   k.look_wanted = false;
-  k.last_look_ms = keeper_now_ms();
+  const std::int64_t start = keeper_now_us();
   keeper_for_each_child(k, [&k](pid_t pid) { keeper_consider_child(k, pid); });
+  const std::int64_t end = keeper_now_us();
+  k.last_look_ms = end / 1000;
+  k.look_interval_ms = std::max(kKeeperLookIntervalMs, (end - start) * kKeeperLookCostFactor / 1000);
 }
 
 inline void keeper_signal_daemons(KeeperState& k, std::uint32_t id, int sig) noexcept {
@@ -869,8 +882,9 @@ inline void keeper_spawn(KeeperState& k, const KeeperReceived& r) noexcept {
   keeper_send(k, KeeperMessage::spawned, id, pid, 0);
 }
 
-/// Reads and handles one message from the manager.
-inline void keeper_receive(KeeperState& k) noexcept {
+/// Reads and handles one message from the manager; false when there was
+/// none to read (`flags`: MSG_DONTWAIT for the messages after the first).
+inline bool keeper_receive(KeeperState& k, int flags) noexcept {
   alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * kKeeperMaxPassedFds)];
   struct iovec iov = {k.message, sizeof k.message};
   struct msghdr msg {};
@@ -878,8 +892,8 @@ inline void keeper_receive(KeeperState& k) noexcept {
   msg.msg_iovlen = 1;
   msg.msg_control = control;
   msg.msg_controllen = sizeof control;
-  ssize_t n = ::recvmsg(k.sock, &msg, MSG_CMSG_CLOEXEC);
-  if (n < 0 && (errno == EINTR || errno == EAGAIN)) return;
+  ssize_t n = ::recvmsg(k.sock, &msg, MSG_CMSG_CLOEXEC | flags);
+  if (n < 0 && (errno == EINTR || errno == EAGAIN)) return false;
   if (n <= 0) keeper_cleanup_and_exit(k);  // the manager is gone
   KeeperReceived r;
   for (struct cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
@@ -926,6 +940,7 @@ inline void keeper_receive(KeeperState& k) noexcept {
     }
   }
   for (int i = 0; i < r.fd_count; ++i) ::close(r.fds[i]);
+  return true;
 }
 
 /// The timed work: lingering groups, looks for orphans and the
@@ -943,7 +958,7 @@ inline int keeper_timed_work(KeeperState& k) noexcept {
       if (k.lingering_count > 0) k.next_linger_ms = now + kKeeperLingerIntervalMs;
     }
   }
-  if ((k.look_wanted || k.pending_count > 0) && now - k.last_look_ms >= kKeeperLookIntervalMs) {
+  if ((k.look_wanted || k.pending_count > 0) && now - k.last_look_ms >= k.look_interval_ms) {
     keeper_look_for_daemons(k);
     for (std::size_t i = 0; i < k.pending_count; ++i) keeper_signal_daemons(k, k.pending.data[i].id, k.pending.data[i].sig);
     k.pending_count = 0;
@@ -952,7 +967,7 @@ inline int keeper_timed_work(KeeperState& k) noexcept {
   std::int64_t timeout = -1;
   if (k.lingering_count > 0 && k.next_linger_ms != 0) timeout = std::max<std::int64_t>(0, k.next_linger_ms - now);
   if (k.look_wanted || k.pending_count > 0) {
-    std::int64_t look_in = std::max<std::int64_t>(0, k.last_look_ms + kKeeperLookIntervalMs - now);
+    std::int64_t look_in = std::max<std::int64_t>(0, k.last_look_ms + k.look_interval_ms - now);
     if (timeout < 0 || look_in < timeout) timeout = look_in;
   }
   return static_cast<int>(timeout);
@@ -1024,6 +1039,7 @@ inline int keeper_timed_work(KeeperState& k) noexcept {
     k.token[k.token_length] = token[k.token_length];
   }
   k.child_nofile = child_nofile;
+  k.look_interval_ms = kKeeperLookIntervalMs;
   k.last_look_ms = keeper_now_ms() - kKeeperLookIntervalMs;
   keeper_format_pid(k.children_path, "/proc/self/task/", k.self, "/children");
   k.sigfd = ::signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
@@ -1043,7 +1059,9 @@ inline int keeper_timed_work(KeeperState& k) noexcept {
       keeper_reap(k);
     }
     if (fds[0].revents & POLLIN) {
-      keeper_receive(k);
+      // A burst at a time (10,000 stop requests): fewer polls and reaps.
+      for (int i = 0; i < 64 && keeper_receive(k, i == 0 ? 0 : MSG_DONTWAIT); ++i) {
+      }
     } else if (fds[0].revents & (POLLHUP | POLLERR)) {
       keeper_cleanup_and_exit(k);
     }
