@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -14,6 +15,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -173,6 +175,14 @@ struct Keeper {
 
 std::vector<std::string> env_for(std::uint32_t id, const std::string& token = kToken) {
   return {"PATH=/usr/bin:/bin", pymanager::detail::keeper_owner_entry(token, id)};
+}
+
+/// The position of the first event of `type` for `id` in `events`, or -1.
+long position_of(const std::vector<KeeperEvent>& events, KeeperMessage type, std::uint32_t id) {
+  for (std::size_t i = 0; i < events.size(); ++i) {
+    if (events[i].type == type && events[i].id == id) return static_cast<long>(i);
+  }
+  return -1;
 }
 
 /// Reads `fd` to its end (bounded).
@@ -348,6 +358,9 @@ TEST_P(KeeperModes, ADaemonIsAdoptedForItsOwnerAndStoppedWithItsSignal) {
   ASSERT_TRUE(exited);
   EXPECT_EQ(WEXITSTATUS(exited->a), 0);  // the launcher's own exit, the daemon lives on
   EXPECT_TRUE(testutil::pid_alive(daemon));
+  // What the launcher left is known before its exit is told.
+  auto events = keeper.events->events();
+  EXPECT_LT(position_of(events, KeeperMessage::daemon_adopted, 7), position_of(events, KeeperMessage::exited, 7));
 
   // Another group's daemons are not touched; its own get the signal.
   ASSERT_TRUE(keeper.client->send_signal_daemons(8, SIGTERM));
@@ -438,6 +451,8 @@ TEST(Keeper, AGroupThatOutlivesItsLeaderIsEmptyWhenItsLastMemberEnds) {
   auto member = keeper.events->find(KeeperMessage::daemon_adopted, 9);
   ASSERT_TRUE(member);
   EXPECT_EQ(::getpgid(static_cast<pid_t>(member->a)), leader->a);
+  auto events = keeper.events->events();
+  EXPECT_LT(position_of(events, KeeperMessage::daemon_adopted, 9), position_of(events, KeeperMessage::exited, 9));
   EXPECT_FALSE(keeper.events->find(KeeperMessage::group_empty, 9, 0ms)) << "the reader is still in the group";
   // Let it end: open the fifo once it has its reader, write a line.
   int writer = -1;
@@ -544,6 +559,58 @@ TEST(Keeper, TheProgramRunByHandSaysWhatItIs) {
   auto bad = testutil::run({testutil::runfile("tools/pymanager-keeper"), "--token=XYZ"});
   EXPECT_EQ(bad.exit_code, 2);
   EXPECT_NE(bad.err.find("--token: 'XYZ' is not 16 lowercase hex characters"), std::string::npos) << bad.err;
+}
+
+/// The system call a process is blocked in (/proc/PID/syscall), or -1.
+long blocked_in(pid_t pid) {
+  std::string text = testutil::read_file("/proc/" + std::to_string(pid) + "/syscall");
+  if (text.empty() || text[0] < '0' || text[0] > '9') return -1;  // "running", or gone
+  return std::atol(text.c_str());
+}
+
+TEST(Keeper, AKeeperBlockedSendingToAManagerThatDiesStillCleansUp) {
+  // A host that starts a keeper, never reads its events, floods it with
+  // spawns until the keeper is blocked in send() to it, then dies.
+  int report[2];
+  ASSERT_EQ(::pipe2(report, O_CLOEXEC), 0);
+  pid_t host = ::fork();
+  ASSERT_GE(host, 0);
+  if (host == 0) {
+    ::close(report[0]);
+    auto* keeper = new KeeperClient(KeeperOptions{kToken, 0});  // never destroyed: the host dies
+    int null_fd = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
+    if (!keeper->send_spawn(0, "/bin/sleep", "/", {"sleep", "600"}, {}, null_fd)) ::_exit(3);
+    KeeperEvent spawned{};
+    if (!keeper->read_event(spawned) || spawned.type != KeeperMessage::spawned) ::_exit(4);
+    const std::string payload = pymanager::detail::make_spawn_payload("/bin/true", "/", {"true"}, {});
+    bool blocked = false;
+    auto deadline = testutil::Clock::now() + 30s;
+    for (std::uint32_t id = 1; !blocked && id < 100000 && testutil::Clock::now() < deadline;) {
+      int err = pymanager::detail::send_spawn_request(keeper->socket_fd(), id, payload, null_fd, -1, MSG_DONTWAIT);
+      if (err == 0) {
+        ++id;
+      } else if (err != EAGAIN) {
+        ::_exit(5);
+      }
+      blocked = blocked_in(keeper->pid()) == SYS_sendto;
+      if (err == EAGAIN && !blocked) std::this_thread::sleep_for(1ms);  // it is spawning: our queue is full
+    }
+    std::string text = std::to_string(keeper->pid()) + " " + std::to_string(spawned.a) + " " + (blocked ? "1" : "0");
+    ssize_t ignored = ::write(report[1], text.data(), text.size());
+    (void)ignored;
+    ::_exit(0);
+  }
+  ::close(report[1]);
+  std::string text = read_to_eof(report[0], 60000ms);
+  ::close(report[0]);
+  int status;
+  ASSERT_TRUE(testutil::wait_until([&] { return ::waitpid(host, &status, WNOHANG) == host; }, 60000ms));
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  long keeper_pid = 0, sleeper = 0, blocked = 0;
+  ASSERT_EQ(std::sscanf(text.c_str(), "%ld %ld %ld", &keeper_pid, &sleeper, &blocked), 3) << text;
+  EXPECT_EQ(blocked, 1) << "the keeper never blocked in send()";
+  EXPECT_TRUE(testutil::wait_until([&] { return !testutil::pid_alive(static_cast<pid_t>(sleeper)); }, 10000ms));
+  EXPECT_TRUE(testutil::wait_until([&] { return !testutil::pid_alive(static_cast<pid_t>(keeper_pid)); }, 10000ms));
 }
 
 TEST(Keeper, CloseAndReapWorksOnANonBlockingSocketAndTwice) {

@@ -44,7 +44,14 @@
 // the id from the marker with its token, and reports daemon_adopted; when it
 // reaps that child, daemon_gone. It looks after every batch of reaps (an
 // exit is what makes orphans), on each signal_daemons request, and every
-// 50 ms while a group lives on without its leader; at most once per 10 ms.
+// 50 ms while a group lives on without its leader; at most once per 10 ms
+// (and, with thousands of children, where a look costs more, at most a
+// tenth of the time).
+// Order: the exits of a batch of reaps are reported after the look that
+// follows it, so a daemon whose launcher has exited (it was re-parented to
+// the keeper before the launcher's SIGCHLD) is reported before the
+// launcher's exited and group_empty; an exit waits at most one look
+// interval for it.
 // A daemon that runs with an empty environment (exec'd through `env -i`) or
 // one the keeper may not read (it changed its user) has no marker: it is
 // reported with kKeeperNoOwner, signal_daemons(kKeeperNoOwner, ...) reaches
@@ -106,7 +113,8 @@ enum class KeeperMessage : std::uint32_t {
   ready = 10,           ///< a = keeper pid; b = kKeeperProtocolVersion. Always the first message.
   spawned = 11,         ///< id; a = pid (also the new group's pgid)
   spawn_failed = 12,    ///< id; a = errno; b = SpawnStage
-  exited = 13,          ///< id; a = wait status of the group leader; b = its pid
+  exited = 13,          ///< id; a = wait status of the group leader; b = its pid. After the daemon_adopted of
+                        ///< every orphan that was a child of ours when it was reaped (what it left behind)
   group_empty = 14,     ///< id; b = pgid: no process, not even a zombie, is left in the group
   daemon_adopted = 15,  ///< id = owner id or kKeeperNoOwner; a = pid
   daemon_gone = 16,     ///< id = owner id or kKeeperNoOwner; a = pid; b = wait status
@@ -373,6 +381,16 @@ struct KeeperPendingSignal {
   int sig;
 };
 
+/// A child reaped whose exit is not reported yet (it waits for the look
+/// that follows, so that the orphans it left are reported first).
+struct KeeperReaped {
+  pid_t pid;
+  std::uint32_t id;     ///< the group's id, or the daemon's owner
+  int status;           ///< its wait status
+  bool daemon;          ///< a daemon: daemon_gone; else a leader: exited
+  bool group_empty;     ///< a leader whose group was already empty when it was reaped
+};
+
 /// Everything the keeper uses; it lives in anonymous memory (keeper_main).
 struct KeeperState {
   int sock = -1;
@@ -390,10 +408,13 @@ struct KeeperState {
   std::size_t lingering_count = 0;
   KeeperArray<KeeperPendingSignal> pending;  ///< signal_daemons requests waiting for the next look
   std::size_t pending_count = 0;
+  KeeperArray<KeeperReaped> reaped;  ///< exits waiting for the next look
+  std::size_t reaped_count = 0;
 
   bool look_wanted = false;
   bool no_children_file = false;  ///< the kernel lacks CONFIG_PROC_CHILDREN: scan /proc
   std::int64_t last_look_ms = 0;
+  std::int64_t look_interval_ms = 0;  ///< kKeeperLookIntervalMs, more when a look is slow
   std::int64_t next_linger_ms = 0;  ///< 0: no group lingers
   KeeperArray<char> list;           ///< the text of /proc/self/task/<pid>/children
 
@@ -408,6 +429,11 @@ struct KeeperState {
 
 /// Looks again for new orphans at most this often.
 constexpr std::int64_t kKeeperLookIntervalMs = 10;
+/// ... and waits at least this many times as long as the last look took: the
+/// kernel restarts its walk of the children list at every 4 KB read, so a
+/// look costs about 10 ms with 10,000 children, and looks must not take
+/// more than a tenth of the keeper's time.
+constexpr std::int64_t kKeeperLookCostFactor = 9;
 /// While a group lives without its leader, looks at it (and for orphans) this often.
 constexpr std::int64_t kKeeperLingerIntervalMs = 50;
 /// The cleanup's bound: killing and reaping what is left.
@@ -419,11 +445,13 @@ constexpr std::size_t kKeeperMaxChildrenList = std::size_t{64} << 20;
 /// Descriptors one message may carry; more are closed and the spawn refused.
 constexpr int kKeeperMaxPassedFds = 4;
 
-inline std::int64_t keeper_now_ms() noexcept {
+inline std::int64_t keeper_now_us() noexcept {
   struct timespec ts {};
   ::clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<std::int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+  return static_cast<std::int64_t>(ts.tv_sec) * 1000000 + ts.tv_nsec / 1000;
 }
+
+inline std::int64_t keeper_now_ms() noexcept { return keeper_now_us() / 1000; }
 
 /// Parses a decimal number; advances `p`.
 inline long keeper_parse_long(const char*& p) noexcept {
@@ -616,8 +644,11 @@ inline void keeper_consider_child(KeeperState& k, pid_t pid) noexcept {
 
 inline void keeper_look_for_daemons(KeeperState& k) noexcept {
   k.look_wanted = false;
-  k.last_look_ms = keeper_now_ms();
+  const std::int64_t start = keeper_now_us();
   keeper_for_each_child(k, [&k](pid_t pid) { keeper_consider_child(k, pid); });
+  const std::int64_t end = keeper_now_us();
+  k.last_look_ms = end / 1000;
+  k.look_interval_ms = std::max(kKeeperLookIntervalMs, (end - start) * kKeeperLookCostFactor / 1000);
 }
 
 inline void keeper_signal_daemons(KeeperState& k, std::uint32_t id, int sig) noexcept {
@@ -674,29 +705,77 @@ inline void keeper_check_lingering(KeeperState& k) noexcept {
   if (k.lingering_count == 0) k.next_linger_ms = 0;
 }
 
-/// Reaps every finished child: leaders' exits, daemons gone; then the
-/// groups that became empty.
+/// Reports the exits held for the look that just happened: exited, then
+/// group_empty if the group was empty already, else the group lingers.
+inline void keeper_report_reaped(KeeperState& k) noexcept {
+  for (std::size_t i = 0; i < k.reaped_count; ++i) {
+    const KeeperReaped r = k.reaped.data[i];
+    if (r.daemon) {
+      keeper_send(k, KeeperMessage::daemon_gone, r.id, r.pid, r.status);
+      continue;
+    }
+    keeper_send(k, KeeperMessage::exited, r.id, r.status, r.pid);
+    if (r.group_empty) {
+      keeper_send(k, KeeperMessage::group_empty, r.id, 0, r.pid);
+    } else {
+      keeper_start_lingering(k, r.id);
+    }
+  }
+  k.reaped_count = 0;
+}
+
+/// Looks for new orphans now, then reports the exits that waited for it and
+/// serves the signal_daemons requests that did.
+inline void keeper_look_and_report(KeeperState& k) noexcept {
+  keeper_look_for_daemons(k);
+  keeper_report_reaped(k);
+  for (std::size_t i = 0; i < k.pending_count; ++i) keeper_signal_daemons(k, k.pending.data[i].id, k.pending.data[i].sig);
+  k.pending_count = 0;
+}
+
+inline bool keeper_look_due(const KeeperState& k, std::int64_t now) noexcept {
+  return (k.look_wanted || k.pending_count > 0 || k.reaped_count > 0) && now - k.last_look_ms >= k.look_interval_ms;
+}
+
+/// Reaps every finished child. Its exit is reported after the next look
+/// (at once when one is allowed): an exit is what makes orphans, and a
+/// daemon its launcher left is then reported before the launcher's exit.
 inline void keeper_reap(KeeperState& k) noexcept {
-  bool any = false;
+  const std::size_t first = k.reaped_count;
   for (;;) {
     int status = 0;
     pid_t pid = ::waitpid(-1, &status, WNOHANG);
     if (pid <= 0) break;
-    any = true;
+    k.look_wanted = true;
     KeeperChild* slot = k.children.find(pid);
     if (slot == nullptr) continue;  // an orphan that ended before we looked at it
     const KeeperChild child = *slot;
     k.children.erase(slot);
-    if (child.daemon != 0) {
-      keeper_forget_daemon(k, child.daemon);
-      keeper_send(k, KeeperMessage::daemon_gone, child.id, pid, status);
-    } else {
-      keeper_start_lingering(k, child.id);
-      keeper_send(k, KeeperMessage::exited, child.id, status, pid);
+    // Forgotten now, so that nothing signals a pid that is free again.
+    if (child.daemon != 0) keeper_forget_daemon(k, child.daemon);
+    if (!k.reaped.reserve(k.reaped_count + 1)) {
+      // Without memory: report it at once, without the look first.
+      if (child.daemon != 0) {
+        keeper_send(k, KeeperMessage::daemon_gone, child.id, pid, status);
+      } else {
+        keeper_start_lingering(k, child.id);
+        keeper_send(k, KeeperMessage::exited, child.id, status, pid);
+      }
+      continue;
+    }
+    k.reaped.data[k.reaped_count++] = KeeperReaped{pid, child.id, status, child.daemon != 0, false};
+  }
+  // After the whole batch (its zombies count as members): the groups of the
+  // leaders reaped that are empty already end now, so that no signal_group
+  // reaches a pgid that may be reused meanwhile.
+  for (std::size_t i = first; i < k.reaped_count; ++i) {
+    KeeperReaped& r = k.reaped.data[i];
+    if (!r.daemon && ::kill(-r.pid, 0) != 0 && errno == ESRCH) {
+      r.group_empty = true;
+      k.groups.data[r.id] = KeeperGroup{0, 0};
     }
   }
-  // An exit is what makes orphans: look for them (soon, rate-limited).
-  if (any) k.look_wanted = true;
+  if (keeper_look_due(k, keeper_now_ms())) keeper_look_and_report(k);
   keeper_check_lingering(k);
 }
 
@@ -869,8 +948,9 @@ inline void keeper_spawn(KeeperState& k, const KeeperReceived& r) noexcept {
   keeper_send(k, KeeperMessage::spawned, id, pid, 0);
 }
 
-/// Reads and handles one message from the manager.
-inline void keeper_receive(KeeperState& k) noexcept {
+/// Reads and handles one message from the manager; false when there was
+/// none to read (`flags`: MSG_DONTWAIT for the messages after the first).
+inline bool keeper_receive(KeeperState& k, int flags) noexcept {
   alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * kKeeperMaxPassedFds)];
   struct iovec iov = {k.message, sizeof k.message};
   struct msghdr msg {};
@@ -878,8 +958,8 @@ inline void keeper_receive(KeeperState& k) noexcept {
   msg.msg_iovlen = 1;
   msg.msg_control = control;
   msg.msg_controllen = sizeof control;
-  ssize_t n = ::recvmsg(k.sock, &msg, MSG_CMSG_CLOEXEC);
-  if (n < 0 && (errno == EINTR || errno == EAGAIN)) return;
+  ssize_t n = ::recvmsg(k.sock, &msg, MSG_CMSG_CLOEXEC | flags);
+  if (n < 0 && (errno == EINTR || errno == EAGAIN)) return false;
   if (n <= 0) keeper_cleanup_and_exit(k);  // the manager is gone
   KeeperReceived r;
   for (struct cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
@@ -926,6 +1006,7 @@ inline void keeper_receive(KeeperState& k) noexcept {
     }
   }
   for (int i = 0; i < r.fd_count; ++i) ::close(r.fds[i]);
+  return true;
 }
 
 /// The timed work: lingering groups, looks for orphans and the
@@ -943,16 +1024,16 @@ inline int keeper_timed_work(KeeperState& k) noexcept {
       if (k.lingering_count > 0) k.next_linger_ms = now + kKeeperLingerIntervalMs;
     }
   }
-  if ((k.look_wanted || k.pending_count > 0) && now - k.last_look_ms >= kKeeperLookIntervalMs) {
-    keeper_look_for_daemons(k);
-    for (std::size_t i = 0; i < k.pending_count; ++i) keeper_signal_daemons(k, k.pending.data[i].id, k.pending.data[i].sig);
-    k.pending_count = 0;
+  if (keeper_look_due(k, now)) {
+    keeper_look_and_report(k);
+    keeper_check_lingering(k);
     now = keeper_now_ms();
   }
   std::int64_t timeout = -1;
-  if (k.lingering_count > 0 && k.next_linger_ms != 0) timeout = std::max<std::int64_t>(0, k.next_linger_ms - now);
-  if (k.look_wanted || k.pending_count > 0) {
-    std::int64_t look_in = std::max<std::int64_t>(0, k.last_look_ms + kKeeperLookIntervalMs - now);
+  if (k.lingering_count > 0 && k.next_linger_ms == 0) k.next_linger_ms = now + kKeeperLingerIntervalMs;
+  if (k.lingering_count > 0) timeout = std::max<std::int64_t>(0, k.next_linger_ms - now);
+  if (k.look_wanted || k.pending_count > 0 || k.reaped_count > 0) {
+    std::int64_t look_in = std::max<std::int64_t>(0, k.last_look_ms + k.look_interval_ms - now);
     if (timeout < 0 || look_in < timeout) timeout = look_in;
   }
   return static_cast<int>(timeout);
@@ -1024,6 +1105,7 @@ inline int keeper_timed_work(KeeperState& k) noexcept {
     k.token[k.token_length] = token[k.token_length];
   }
   k.child_nofile = child_nofile;
+  k.look_interval_ms = kKeeperLookIntervalMs;
   k.last_look_ms = keeper_now_ms() - kKeeperLookIntervalMs;
   keeper_format_pid(k.children_path, "/proc/self/task/", k.self, "/children");
   k.sigfd = ::signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
@@ -1043,7 +1125,9 @@ inline int keeper_timed_work(KeeperState& k) noexcept {
       keeper_reap(k);
     }
     if (fds[0].revents & POLLIN) {
-      keeper_receive(k);
+      // A burst at a time (10,000 stop requests): fewer polls and reaps.
+      for (int i = 0; i < 64 && keeper_receive(k, i == 0 ? 0 : MSG_DONTWAIT); ++i) {
+      }
     } else if (fds[0].revents & (POLLHUP | POLLERR)) {
       keeper_cleanup_and_exit(k);
     }
@@ -1370,7 +1454,7 @@ class KeeperClient {
   static pid_t fork_keeper(int ours, int theirs, const KeeperOptions& options) {
     // Everything the child needs is on this stack before the fork.
     char token[kKeeperTokenLength + 1] = {};
-    std::memcpy(token, options.token.data(), std::min(options.token.size(), kKeeperTokenLength));
+    options.token.copy(token, kKeeperTokenLength);  // the NUL after it is already there
     const rlim_t nofile = options.child_nofile_soft;
     sigset_t all, old;
     sigfillset(&all);
