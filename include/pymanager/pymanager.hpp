@@ -14,6 +14,7 @@
 #include "pymanager/error.hpp"
 #include "pymanager/frontend.hpp"
 #include "pymanager/http_api.hpp"
+#include "pymanager/keeper.hpp"
 #include "pymanager/manager.hpp"
 #include "pymanager/ports.hpp"
 #include "pymanager/process.hpp"

@@ -1330,14 +1330,6 @@ class KeeperClient {
   /// for a malformed token).
   explicit KeeperClient(KeeperOptions options) { launch(std::move(options), true); }
 
-  /// Deprecated shim for the Manager of issue 8: the keeper has no slot
-  /// count any more (`slots` is ignored), no token is given, and `ready` is
-  /// left on the socket for the caller to read.
-  explicit KeeperClient(std::size_t slots) {
-    (void)slots;
-    launch(KeeperOptions{}, false);
-  }
-
   KeeperClient(const KeeperClient&) = delete;
   KeeperClient& operator=(const KeeperClient&) = delete;
 
