@@ -191,6 +191,7 @@ class Manager {
   void stop_and_wait(std::size_t i, StopPlan plan, std::unique_lock<std::mutex>& lock);
   void begin_shutdown_locked(bool force, Effects& fx);
   void on_quiet_locked(std::size_t i, Effects& fx);
+  bool dependents_quiet_locked(std::size_t i) const;
   void update_quiet_locked(std::size_t i, Effects& fx);
   void maybe_end_when_all_exited_locked(Effects& fx);
   StopPlan shutdown_plan(std::size_t i) const;
@@ -244,7 +245,6 @@ class Manager {
   std::size_t spawns_in_flight_ = 0;
   int operations_ = 0;          ///< stop/start/restart calls under way
   std::vector<std::size_t> to_verify_;  ///< spawned during start(), for the verifier pool
-  std::vector<std::size_t> stop_after_;  ///< shutdown: dependents each process still waits for
   std::multimap<Clock::time_point, std::size_t> timers_;  ///< stop plan steps due
   std::vector<std::unique_ptr<Output>> new_outputs_;      ///< for the event thread to adopt
   std::vector<pid_t> orphans_;  ///< daemons no process claims
@@ -475,7 +475,6 @@ inline Manager::Manager(Config config, ManagerOptions options)
     printer_ = std::make_unique<detail::TerminalPrinter>(*out_writer_, name_width,
                                                          options_.color.value_or(::isatty(options_.output_fd) == 1));
   }
-  stop_after_.assign(procs_.size(), 0);
   // Each process needs two pipes: raise our own descriptor limit as far as
   // the hard limit allows; the children get the limit we were given.
   struct rlimit limit {};
@@ -936,9 +935,9 @@ inline void Manager::begin_stop_locked(std::size_t i, StopPlan plan, Effects& fx
   const auto now = Clock::now();
   p.exit_expected = true;
   if (p.quiet) {
-    if (p.state != ProcessState::stopped && transition_allowed(p.state, ProcessState::stopped)) {
-      set_state_locked(i, ProcessState::stopped);
-    }
+    // Nothing to stop: one that never started is stopped now; an exited or
+    // failed one keeps saying how it ended.
+    if (p.state == ProcessState::waiting || p.state == ProcessState::stopping) set_state_locked(i, ProcessState::stopped);
     return;
   }
   if (p.stop) {
@@ -1002,13 +1001,6 @@ inline void Manager::begin_shutdown_locked(bool force, Effects& fx) {
     state_ = ManagerState::shutdown;
     next_report_ = Clock::now() + std::chrono::seconds(2);
     if (options_.verbose) fx.logs.push_back("shutting down");
-    // Each process waits for the processes that depend on it.
-    for (std::size_t i = 0; i < procs_.size(); ++i) {
-      stop_after_[i] = 0;
-      for (std::size_t d : scheduler_.dependents(i)) {
-        if (!procs_[d]->quiet) ++stop_after_[i];
-      }
-    }
     for (std::size_t i = 0; i < procs_.size(); ++i) {
       Proc& p = *procs_[i];
       if (p.state == ProcessState::waiting) set_state_locked(i, ProcessState::stopped);
@@ -1019,7 +1011,7 @@ inline void Manager::begin_shutdown_locked(bool force, Effects& fx) {
     Proc& p = *procs_[i];
     if (force) {
       if (!p.stop || !p.stop->killing()) begin_stop_locked(i, StopPlan::kill_now(), fx);
-    } else if (stop_after_[i] == 0 && !p.stop) {
+    } else if (!p.stop && dependents_quiet_locked(i)) {
       begin_stop_locked(i, shutdown_plan(i), fx);
     }
   }
@@ -1029,6 +1021,15 @@ inline void Manager::begin_shutdown_locked(bool force, Effects& fx) {
   }
   changed_.notify_all();
   wake();
+}
+
+/// Shutdown order: true once everything that depends on process i has
+/// nothing left alive (always, without `depends_on`).
+inline bool Manager::dependents_quiet_locked(std::size_t i) const {
+  for (std::size_t d : scheduler_.dependents(i)) {
+    if (!procs_[d]->quiet) return false;
+  }
+  return true;
 }
 
 /// Process i has nothing left alive.
@@ -1041,10 +1042,7 @@ inline void Manager::on_quiet_locked(std::size_t i, Effects& fx) {
   if (shutdown_begun_) {
     // What it depended on may stop now.
     for (std::size_t d : scheduler_.dependencies(i)) {
-      if (stop_after_[d] > 0 && --stop_after_[d] == 0 && !procs_[d]->stop) begin_stop_locked(d, shutdown_plan(d), fx);
-    }
-    if (p.state != ProcessState::stopped && transition_allowed(p.state, ProcessState::stopped)) {
-      set_state_locked(i, ProcessState::stopped);
+      if (!procs_[d]->stop && !procs_[d]->quiet && dependents_quiet_locked(d)) begin_stop_locked(d, shutdown_plan(d), fx);
     }
     if (busy_ == 0 && !finished_) {
       finished_ = true;
@@ -1258,7 +1256,7 @@ inline void Manager::handle_event(const detail::CoreEvent& event, Effects& fx) {
       if (p.stop) {
         set_state_locked(i, ProcessState::stopping);
         advance_stop_locked(i, Clock::now(), fx);
-      } else if (shutdown_begun_ && stop_after_[i] == 0) {
+      } else if (shutdown_begun_ && dependents_quiet_locked(i)) {
         begin_stop_locked(i, shutdown_plan(i), fx);
       }
       break;
