@@ -639,7 +639,7 @@ TEST_F(Cli, AStdoutNobodyReadsDoesNotStopTheShutdown) {
   EXPECT_LT(std::chrono::steady_clock::now() - began, 20s);
   expect_all_gone("pids.txt");
   EXPECT_EQ(testutil::read_file(dir_ + "/kept.txt"), expected);
-  EXPECT_THAT(testutil::read_file(dir_ + "/err.txt"), ::testing::ContainsRegex("[0-9]+ lines not shown, stdout was not being read"));
+  EXPECT_THAT(testutil::read_file(dir_ + "/err.txt"), ::testing::ContainsRegex("[0-9]+ lines not shown, stdout is not being read"));
 }
 
 TEST_F(Cli, TooFewFileDescriptorsIsAClearErrorBeforeAnythingRuns) {

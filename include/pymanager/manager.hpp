@@ -249,6 +249,7 @@ class Manager {
   std::vector<std::unique_ptr<Output>> new_outputs_;      ///< for the event thread to adopt
   std::vector<pid_t> orphans_;  ///< daemons no process claims
   Clock::time_point next_report_{};
+  Clock::time_point next_drop_notice_{};  ///< event thread only
   std::thread event_thread_;
 };
 
@@ -508,7 +509,8 @@ inline Manager::~Manager() {
   if (out_writer_) {
     out_writer_->flush(std::chrono::milliseconds(500));
     if (std::size_t dropped = out_writer_->take_dropped(true)) {
-      log(std::to_string(dropped) + " lines not shown, " + output_name() + " was not being read");
+      log(std::to_string(dropped) + " lines not shown, " + output_name() +
+          (out_writer_->backlog() > 0 ? " is not being read" : " was not being read"));
     }
   }
   if (log_writer_) log_writer_->flush(std::chrono::milliseconds(500));
@@ -1476,8 +1478,14 @@ inline void Manager::service_writers() {
   if (log_writer_) log_writer_->on_writable();
   if (!out_writer_) return;
   out_writer_->on_writable();
+  // Said as soon as lines are dropped, every 10 s while it lasts, and once
+  // the reader is back.
   if (std::size_t dropped = out_writer_->take_dropped()) {
-    log(std::to_string(dropped) + " lines not shown, " + output_name() + " is not being read");
+    log(std::to_string(dropped) + " lines not shown, " + output_name() + " was not being read");
+    next_drop_notice_ = Clock::time_point{};
+  } else if (out_writer_->dropped() > 0 && Clock::now() >= next_drop_notice_) {
+    log(std::to_string(out_writer_->take_dropped(true)) + " lines not shown, " + output_name() + " is not being read");
+    next_drop_notice_ = Clock::now() + std::chrono::seconds(10);
   }
 }
 

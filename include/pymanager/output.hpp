@@ -209,6 +209,12 @@ class StreamWriter {
     return std::exchange(dropped_, 0);
   }
 
+  /// Lines dropped and not yet taken.
+  std::size_t dropped() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return dropped_;
+  }
+
   /// Tries to write the backlog for at most `bound` (at the end).
   void flush(Clock::duration bound) {
     const auto deadline = Clock::now() + bound;
