@@ -657,6 +657,23 @@ TEST_F(Cli, TooFewFileDescriptorsIsAClearErrorBeforeAnythingRuns) {
   EXPECT_TRUE(pids_in("pids.txt").empty()) << "processes were launched";
 }
 
+TEST_F(Cli, WithDescriptorsForOnlyOnePipeEachStdoutAndStderrShareIt) {
+  // 60 processes: about 424 descriptors with two pipes each, 364 with one.
+  std::string processes = R"("talker": {"executable": "sh", "arguments": ["-c", "echo to-stderr >&2; exec sleep 1000"]})";
+  for (int i = 1; i < 60; ++i) {
+    processes += ", \"p" + std::to_string(i) + R"(": {"executable": "sleep", "arguments": ["1000"]})";
+  }
+  write_config(processes, R"("keep-alive": true)");
+  testutil::Child child({"/bin/sh", "-c", "ulimit -n 400 && exec \"$0\" -f cfg.json -v", binary_}, dir_);
+  ASSERT_TRUE(child.wait_for_output("all processes are up")) << child.err();
+  EXPECT_THAT(child.err(), HasSubstr("60 processes need about 424 file descriptors to read stdout and stderr apart, "
+                                     "but the limit is 400"));
+  ASSERT_TRUE(child.wait_for_output("talker | to-stderr")) << child.out();
+  child.signal(SIGTERM);
+  auto result = child.wait(30000ms);
+  EXPECT_EQ(result.exit_code, 0) << result.err;
+}
+
 TEST_F(Cli, ACycleIsRefusedBeforeAnythingRuns) {
   write_config(R"("a": {"executable": "sh", "arguments": ["-c", "echo $$ >> pids.txt; exec sleep 1000"], "depends_on": ["b"]},
                   "b": {"executable": "sh", "arguments": ["-c", "echo $$ >> pids.txt; exec sleep 1000"], "depends_on": ["a"]},

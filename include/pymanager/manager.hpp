@@ -176,8 +176,8 @@ class Manager {
   /// Spawns in flight at once: the keeper serves them one by one, and each
   /// holds four descriptors until it is sent.
   static constexpr std::size_t kMaxSpawnsInFlight = 256;
-  std::size_t descriptors_needed() const;
-  void check_descriptor_budget() const;
+  std::size_t descriptors_needed(bool separate_streams) const;
+  void check_descriptor_budget();
   void begin_launch(std::size_t i);
   void launch_and_verify_now(std::size_t i);
   void run_verifier(std::size_t i);
@@ -241,6 +241,8 @@ class Manager {
   bool stopping_ = false;  ///< the destructor asks the event thread to end
   bool keeper_gone_ = false;
   bool keeper_lost_ = false;
+  /// Too few descriptors for two pipes per process: one each (set by start()).
+  std::atomic<bool> merge_streams_{false};
   std::size_t busy_ = 0;        ///< processes not quiet (something of them alive, or a spawn in flight)
   std::size_t spawns_in_flight_ = 0;
   int operations_ = 0;          ///< stop/start/restart calls under way
@@ -481,7 +483,7 @@ inline Manager::Manager(Config config, ManagerOptions options)
   struct rlimit limit {};
   if (::getrlimit(RLIMIT_NOFILE, &limit) == 0) {
     child_nofile_ = limit.rlim_cur;
-    const rlim_t wanted = static_cast<rlim_t>(descriptors_needed()) + 1024;
+    const rlim_t wanted = static_cast<rlim_t>(descriptors_needed(true)) + 1024;
     if (limit.rlim_cur != RLIM_INFINITY && limit.rlim_cur < wanted) {
       limit.rlim_cur = limit.rlim_max == RLIM_INFINITY ? wanted : std::min(wanted, limit.rlim_max);
       ::setrlimit(RLIMIT_NOFILE, &limit);
@@ -727,26 +729,34 @@ inline void Manager::kill_process(std::size_t index) {
 
 // ----------------------------------------------------------------- launch
 
-/// How many descriptors the processes need: two pipe ends kept per process
-/// (a third for a redirect_output file), four for each spawn in flight, and
-/// room for the host's own.
-inline std::size_t Manager::descriptors_needed() const {
+/// How many descriptors the processes need: the pipe ends kept per process
+/// (two, or one when stdout and stderr share a pipe; one more for a
+/// redirect_output file), four for each spawn in flight, and room for the
+/// host's own.
+inline std::size_t Manager::descriptors_needed(bool separate_streams) const {
   std::size_t needed = 64 + 4 * std::min<std::size_t>(procs_.size(), kMaxSpawnsInFlight);
-  for (const auto& p : procs_) needed += p->spec.redirect_output ? 3 : 2;
+  for (const auto& p : procs_) needed += (separate_streams ? 2 : 1) + (p->spec.redirect_output ? 1 : 0);
   return needed;
 }
 
-inline void Manager::check_descriptor_budget() const {
+/// Before anything is launched: enough descriptors for every process, or a
+/// clear error. When only a pipe per process fits, stdout and stderr share it.
+inline void Manager::check_descriptor_budget() {
   struct rlimit limit {};
   if (::getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur == RLIM_INFINITY) return;
-  const std::size_t needed = descriptors_needed();
-  if (needed > limit.rlim_cur) {
-    throw Error(ErrorKind::spawn_failed,
-                "cannot start " + std::to_string(procs_.size()) + " processes: they need about " + std::to_string(needed) +
-                    " file descriptors, but the limit is " + std::to_string(limit.rlim_cur) + " (hard limit " +
-                    (limit.rlim_max == RLIM_INFINITY ? std::string("unlimited") : std::to_string(limit.rlim_max)) +
-                    "; raise it with ulimit -n)");
+  const std::string limits = std::to_string(limit.rlim_cur) + " (hard limit " +
+                             (limit.rlim_max == RLIM_INFINITY ? std::string("unlimited") : std::to_string(limit.rlim_max)) +
+                             "; raise it with ulimit -n)";
+  const std::size_t separate = descriptors_needed(true), shared = descriptors_needed(false);
+  if (separate <= limit.rlim_cur) return;
+  if (shared > limit.rlim_cur) {
+    throw Error(ErrorKind::spawn_failed, "cannot start " + std::to_string(procs_.size()) + " processes: they need about " +
+                                             std::to_string(shared) + " file descriptors, but the limit is " + limits);
   }
+  merge_streams_ = true;
+  log("warning: " + std::to_string(procs_.size()) + " processes need about " + std::to_string(separate) +
+      " file descriptors to read stdout and stderr apart, but the limit is " + limits +
+      ": each process's stderr shares its stdout's pipe, and its lines count as stdout");
 }
 
 inline void Manager::begin_launch(std::size_t i) {
@@ -758,8 +768,9 @@ inline void Manager::begin_launch(std::size_t i) {
   auto output = std::make_unique<Output>();
   output->index = i;
   detail::Pipe pipes[2];
+  const int streams = merge_streams_ ? 1 : 2;
   try {
-    for (auto& pipe : pipes) pipe = detail::make_pipe(O_NONBLOCK);
+    for (int k = 0; k < streams; ++k) pipes[k] = detail::make_pipe(O_NONBLOCK);
   } catch (const Error& e) {
     struct rlimit limit {};
     ::getrlimit(RLIMIT_NOFILE, &limit);
@@ -769,7 +780,7 @@ inline void Manager::begin_launch(std::size_t i) {
                                                               : std::string()));
   }
   // The write ends block: a child must never see EAGAIN on its stdout.
-  for (auto& pipe : pipes) ::fcntl(pipe.write.get(), F_SETFL, 0);
+  for (int k = 0; k < streams; ++k) ::fcntl(pipes[k].write.get(), F_SETFL, 0);
   if (p.spec.redirect_output) {
     std::string file = detail::join_dir(config_.base_directory, *p.spec.redirect_output);
     int launches;
@@ -1114,7 +1125,7 @@ inline void Manager::event_loop() {
       for (auto& output : new_outputs_) {
         for (int which = 0; which < 2; ++which) {
           auto tag = reinterpret_cast<std::uintptr_t>(output.get()) + static_cast<std::uintptr_t>(which);
-          add(output->fds[which].get(), EPOLLIN, tag);
+          if (output->fds[which]) add(output->fds[which].get(), EPOLLIN, tag);
         }
         outputs[output->index].push_back(std::move(output));
       }
