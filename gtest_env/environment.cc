@@ -361,18 +361,20 @@ class Session {
 
     api_.reset();
     manager_->shutdown();
-    bool finished = manager_->wait_finished(seconds_to_duration(graceful) +
-                                            std::chrono::seconds(10));
+    // The Manager's own bound: each stop plan, in the order of the graph.
+    bool finished = manager_->wait_finished(manager_->shutdown_bound());
     auto after = manager_->processes();
+    const auto& specs = manager_->config().processes;
     for (std::size_t i = 0; i < after.size() && i < before.size(); ++i) {
       if (!before[i].group_alive || !after[i].killed) continue;
+      const double grace = specs[i].graceful_time.value_or(graceful);
       std::string message = "process '" + after[i].name + "' (pid " + std::to_string(after[i].pid) +
-                            ") did not stop within graceful-time " + format_seconds(graceful) +
-                            " after SIGTERM and was killed with SIGKILL";
+                            ") did not stop within its graceful time " + format_seconds(grace) + " after " +
+                            signal_name(specs[i].stop_signal) + " and was killed with SIGKILL";
       options_.log(message);
       if (options_.fail_on_kill) report(message);
     }
-    if (!finished) report("the services did not stop within graceful-time + 10s; the keeper process kills what is left");
+    if (!finished) report("the services did not stop within their graceful times; the keeper process kills what is left");
     stop_everything();
   }
 
@@ -409,7 +411,9 @@ class Session {
 
   std::string output_file(std::size_t index) const { return output_files_.at(index); }
 
-  double restart_grace() const { return manager().config().restart_graceful_time; }
+  /// A process's graceful time for a stop or restart from a test: its own
+  /// `graceful_time`, else the config's restart-graceful-time.
+  double restart_grace(std::size_t index) const { return manager().restart_grace(index); }
 
   /// Signals sent by the test: the exit they cause is not unexpected.
   void mark_injected(pid_t pid) {
@@ -650,12 +654,12 @@ std::string ServiceControl::output_file(const std::string& name) const {
 
 ProcessInfo ServiceControl::restart(const std::string& name) {
   std::size_t i = session_->index(name);
-  return session_->manager().restart(i, session_->restart_grace());
+  return session_->manager().restart(i, session_->restart_grace(i));
 }
 
 void ServiceControl::stop(const std::string& name) {
   std::size_t i = session_->index(name);
-  session_->manager().stop_process(i, session_->restart_grace());
+  session_->manager().stop_process(i, session_->restart_grace(i));
 }
 
 ProcessInfo ServiceControl::start(const std::string& name) {

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -14,6 +15,7 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <gmock/gmock.h>
@@ -249,6 +251,11 @@ TEST_F(Graph, AFailureCancelsTheVerifiersStillRunningAndLeavesNothingBehind) {
   EXPECT_FALSE(testutil::pid_alive(slow_pid));
   EXPECT_FALSE(testutil::group_alive(slow_pid));
   EXPECT_FALSE(started("after"));
+  // Cancelled, not failed: only 'bad' failed.
+  EXPECT_EQ(info(manager, "bad").state, pymanager::ProcessState::failed);
+  EXPECT_NE(info(manager, "slow").state, pymanager::ProcessState::failed);
+  EXPECT_EQ(info(manager, "after").state, pymanager::ProcessState::stopped) << "never started";
+  EXPECT_EQ(manager.illegal_transitions(), 0u);
   // One message, about the process that failed.
   EXPECT_THAT(capture.log(), HasSubstr("process 'bad': verifier"));
   EXPECT_THAT(capture.log(), ::testing::Not(HasSubstr("process 'slow': verifier")));
@@ -256,7 +263,9 @@ TEST_F(Graph, AFailureCancelsTheVerifiersStillRunningAndLeavesNothingBehind) {
 
 TEST_F(Graph, ShutdownStopsDependentsFirst) {
   int db = testutil::free_port(), api = testutil::free_port();
-  auto cfg = config({service("db", db, {}, R"("depends_on": [])"), service("api", api, {}, R"("depends_on": ["db"])"),
+  // api takes 200 ms to wind down after its signal: db must wait for its end.
+  auto cfg = config({service("db", db, {}, R"("depends_on": [])"),
+                     service("api", api, {"--linger-ms", "200"}, R"("depends_on": ["db"])"),
                      service("worker", 0, {}, R"("depends_on": ["db"])"), service("loner", 0, {}, R"("depends_on": [])")});
   Capture capture;
   pymanager::Manager manager(cfg, capture.options());
@@ -273,11 +282,15 @@ TEST_F(Graph, ShutdownStopsDependentsFirst) {
   ASSERT_TRUE(db_signal && api_signal && worker_signal) << capture.log();
   EXPECT_GT(*db_signal, *api_signal);
   EXPECT_GT(*db_signal, *worker_signal);
+  auto api_exit = when(log_of("api"), "exit");
+  ASSERT_TRUE(api_exit.has_value());
+  EXPECT_GT(*db_signal, *api_exit) << "db was signalled before api had stopped";
   // Unrelated: stopped at once, not after db.
   auto loner_signal = when(log_of("loner"), "signal 15");
   ASSERT_TRUE(loner_signal);
   EXPECT_LT(*loner_signal, *db_signal);
   for (const auto& p : manager.processes()) EXPECT_EQ(p.state, pymanager::ProcessState::stopped) << p.name;
+  EXPECT_EQ(manager.illegal_transitions(), 0u);
 }
 
 TEST_F(Graph, StopSignalAndPerProcessGracefulTime) {
@@ -451,6 +464,55 @@ TEST_F(Graph, AStdoutNobodyReadsNeverBlocksTheManager) {
   ::close(fds[1]);
 }
 
+TEST_F(Graph, AReaderThatWentAwayIsSaidOnceNotForEveryLine) {
+  int fds[2];
+  ASSERT_EQ(::pipe2(fds, O_CLOEXEC), 0);
+  ::close(fds[0]);  // `pymanager | head`, after head exited
+  auto cfg = config({R"("chatty": {"executable": "sh", "arguments": ["-c", "seq 1 200000; exec sleep 600"]})"});
+  std::mutex mutex;
+  std::string log;
+  pymanager::ManagerOptions options;
+  options.output_fd = fds[1];
+  options.log = [&](const std::string& line) {
+    std::lock_guard<std::mutex> lock(mutex);
+    log += line + "\n";
+  };
+  {
+    pymanager::Manager manager(cfg, options);
+    manager.start();
+    ASSERT_TRUE(wait_until([&] { return manager.output_tail(0, 1) == std::vector<std::string>{"200000"}; }, 30s));
+  }
+  ::close(fds[1]);
+  std::lock_guard<std::mutex> lock(mutex);
+  std::size_t notices = 0;
+  for (std::size_t at = log.find("lines not shown"); at != std::string::npos; at = log.find("lines not shown", at + 1)) ++notices;
+  EXPECT_GE(notices, 1u) << log;
+  EXPECT_LE(notices, 3u) << log;
+  EXPECT_THAT(log, HasSubstr("was closed by its reader"));
+}
+
+TEST_F(Graph, ARedirectToAFifoNobodyReadsBlocksNothing) {
+  const std::string fifo = file("out.fifo");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  // A reader that never reads: the FIFO fills and stays full.
+  int reader = ::open(fifo.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  ASSERT_GE(reader, 0);
+  auto cfg = config({R"("filler": {"executable": "sh", "arguments": ["-c", "seq 1 300000; exec sleep 600"],
+                        "options": {"redirect_output": "out.fifo"}})"},
+                    R"("graceful_time": 5)");
+  Capture capture;
+  {
+    pymanager::Manager manager(cfg, capture.options());
+    manager.start();
+    ASSERT_TRUE(wait_until([&] { return manager.output_tail(0, 1) == std::vector<std::string>{"300000"}; }, 30s));
+    const auto began = std::chrono::steady_clock::now();
+    manager.shutdown();
+    EXPECT_TRUE(manager.wait_finished(30s));
+    EXPECT_LT(std::chrono::steady_clock::now() - began, 20s);
+  }
+  ::close(reader);
+}
+
 TEST_F(Graph, TwoThousandProcessesStopCleanly) {
   std::vector<std::string> processes;
   for (int i = 0; i < 2000; ++i) {
@@ -473,21 +535,45 @@ TEST_F(Graph, TwoThousandProcessesStopCleanly) {
 TEST_F(Graph, AKilledKeeperLeavesNothingAliveAndIsReported) {
   int port = testutil::free_port();
   auto cfg = config({R"("tree": {"executable": "sh", "arguments": ["-c", "sleep 600 & echo child $!; exec sleep 600"]})",
-                     service("db", port, {"--daemonize"})});
+                     service("db", port, {"--daemonize"}),
+                     // A daemon with an empty environment: nobody can claim it.
+                     "\"nameless\": {\"executable\": \"env\", \"arguments\": [\"-i\", \"" + stamp_program() +
+                         "\", \"--stamp\", \"" + log_of("nameless") + "\", \"--daemonize\"]}"});
   Capture capture;
   pymanager::Manager manager(cfg, capture.options());
   manager.start();
   ASSERT_TRUE(wait_until([&] { return !info(manager, "db").daemons.empty(); }, 30s)) << capture.log();
   ASSERT_TRUE(wait_until([&] { return capture.output().find("child ") != std::string::npos; }));
   std::vector<pid_t> pids = testutil::pids_after(capture.output(), "child ");
+  ASSERT_TRUE(wait_until([&] { return pid_of(log_of("nameless"), "daemon").has_value(); }));
+  pid_t nameless = *pid_of(log_of("nameless"), "daemon");
   pids.push_back(info(manager, "tree").pid);
-  pids.push_back(info(manager, "db").daemons.front());
+  const pid_t db_daemon = info(manager, "db").daemons.front();
+  pids.push_back(db_daemon);
+  // The keeper must have reported the nameless one before it is killed.
+  ASSERT_TRUE(wait_until([&] { return info(manager, "nameless").state == pymanager::ProcessState::exited; }));
   ASSERT_EQ(::kill(manager.keeper_pid(), SIGKILL), 0);
   ASSERT_TRUE(wait_until([&] { return manager.finished(); }, 30s));
   EXPECT_TRUE(manager.keeper_lost());
   for (pid_t pid : pids) EXPECT_TRUE(wait_until([&] { return !testutil::pid_alive(pid); })) << pid;
+  EXPECT_TRUE(wait_until([&] { return !testutil::pid_alive(nameless); })) << "the daemon nobody claims survived";
+  // What the states say afterwards is true.
+  auto tree = info(manager, "tree");
+  EXPECT_EQ(tree.state, pymanager::ProcessState::stopped);
+  EXPECT_FALSE(tree.running);
+  ASSERT_TRUE(tree.exit.has_value());
+  EXPECT_EQ(tree.exit->code(), -SIGKILL);
+  EXPECT_TRUE(info(manager, "db").daemons.empty());
+  // And nothing spins once the keeper is gone: the event thread is idle.
+  struct timespec before {}, after {};
+  ::clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &before);
+  std::this_thread::sleep_for(500ms);  // an interval to measure, not a state to wait for
+  ::clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &after);
+  const double cpu = (after.tv_sec - before.tv_sec) + (after.tv_nsec - before.tv_nsec) / 1e9;
+  EXPECT_LT(cpu, 0.2) << "the manager uses CPU after losing its keeper";
   EXPECT_THAT(capture.log(), HasSubstr("the keeper process (pid"));
-  EXPECT_THAT(capture.log(), HasSubstr("daemon(s) (" + std::to_string(pids.back()) + ")"));
+  EXPECT_THAT(capture.log(), HasSubstr(std::to_string(db_daemon)));
+  EXPECT_THAT(capture.log(), HasSubstr(std::to_string(nameless)));
 }
 
 }  // namespace

@@ -237,7 +237,7 @@ TEST_F(Driver, TearDownReportsAProcessThatHadToBeKilled) {
   auto pids = pids_in(testutil::read_file(dir_ + "/stubborn.pid"));
   ASSERT_EQ(pids.size(), 1u);
   EXPECT_THAT(r.err, HasSubstr("pymanager: process 'stubborn' (pid " + std::to_string(pids[0]) +
-                               ") did not stop within graceful-time 0.3s after SIGTERM and was killed with SIGKILL"));
+                               ") did not stop within its graceful time 0.3s after SIGTERM and was killed with SIGKILL"));
   EXPECT_FALSE(testutil::pid_alive(pids[0]));
 }
 

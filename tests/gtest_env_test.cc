@@ -307,7 +307,7 @@ TEST(Services, AProcessThatNeededSigkillIsLoggedAndWithFailOnKillIsAFailure) {
       }
       failures = collector.messages();
     }
-    EXPECT_THAT(log.text(), HasSubstr("did not stop within graceful-time 0.2s after SIGTERM and was killed with SIGKILL"));
+    EXPECT_THAT(log.text(), HasSubstr("did not stop within its graceful time 0.2s after SIGTERM and was killed with SIGKILL"));
     ASSERT_EQ(failures.size(), fail_on_kill ? 1u : 0u) << joined(failures);
     if (fail_on_kill) {
       EXPECT_THAT(failures[0], HasSubstr("process 'stubborn' (pid "));

@@ -684,3 +684,54 @@ TEST_F(Api, ANameWithASlashIsOneId) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST_F(Api, ARestartUsesTheProcessOwnGracefulTime) {
+  // It ignores SIGTERM: with the top-level restart-graceful-time of two
+  // minutes the restart would take that long; its own 0.3 s applies.
+  start(R"("stubborn": {"executable": "sh", "arguments": ["-c", "trap '' TERM; while :; do sleep 1; done"],
+                        "options": {"graceful_time": 0.3}})",
+        R"("keep-alive": true, "restart_graceful_time": 120)");
+  const pid_t first = manager_->processes()[0].pid;
+  const auto began = std::chrono::steady_clock::now();
+  auto restarted = call("POST", "/restart/stubborn");
+  ASSERT_EQ(restarted.first, 200) << restarted.second.dump();
+  EXPECT_LT(std::chrono::steady_clock::now() - began, 60s);
+  EXPECT_NE(testutil::integer(restarted.second, {"process", "pid"}), first);
+  EXPECT_FALSE(testutil::group_alive(first));
+}
+
+}  // namespace
+
+namespace {
+
+TEST_F(Api, ADaemonizedProcessShowsItsStateAndDaemons) {
+  const std::string stamp = testutil::runfile("tests/helpers/stamp_service");
+  start("\"db\": {\"executable\": \"" + stamp + "\", \"arguments\": [\"--stamp\", \"stamps\", \"--daemonize\"]}");
+  ASSERT_TRUE(testutil::wait_until([&] { return !manager_->processes()[0].daemons.empty(); }));
+  auto [status, body] = call("GET", "/processes/db");
+  ASSERT_EQ(status, 200);
+  EXPECT_EQ(testutil::field(body, {"process", "state"}), "daemonized");
+  EXPECT_EQ(testutil::field(body, {"process", "status"}), "terminated");
+  EXPECT_EQ(testutil::field(body, {"process", "code"}), 0);
+  EXPECT_EQ(testutil::field(body, {"process", "daemons"}), json::array({manager_->processes()[0].daemons[0]}));
+}
+
+TEST(ProcessJson, AWaitingProcessSaysWhatItWaitsFor) {
+  pymanager::ProcessInfo info;
+  info.id = 3;
+  info.name = "web";
+  info.command = "./web";
+  info.state = pymanager::ProcessState::waiting;
+  info.waiting_for = {"api", "worker"};
+  auto out = pymanager::process_to_json(info);
+  EXPECT_EQ(out["state"], "waiting");
+  EXPECT_EQ(out["waiting_for"], json::array({"api", "worker"}));
+  EXPECT_EQ(out["status"], "terminated");
+  EXPECT_TRUE(out["code"].is_null());
+  info.state = pymanager::ProcessState::ready;
+  EXPECT_FALSE(pymanager::process_to_json(info).contains("waiting_for"));
+}
+
+}  // namespace

@@ -331,7 +331,7 @@ class HttpApi {
 
   Response act(const std::string& action, std::size_t index) {
     if (manager_.shutdown_begun()) throw Error(ErrorKind::shutting_down, "shutdown has begun");
-    const double grace = manager_.config().restart_graceful_time;
+    const double grace = manager_.restart_grace(index);
     try {
       ProcessInfo info;
       if (action == "restart") {

@@ -27,6 +27,7 @@
 #include <sys/eventfd.h>
 #include <sys/random.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -41,6 +42,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <system_error>
 #include <vector>
 
 #include "pymanager/config.hpp"
@@ -136,6 +138,17 @@ class Manager {
   /// True when the keeper process was lost (killed from outside): the
   /// Manager then killed everything it knew of and shut down.
   bool keeper_lost() const;
+  /// The longest a shutdown can take: each process's stop plan, one after
+  /// the other along the longest dependency chain, and a little slack.
+  Clock::duration shutdown_bound() const;
+  /// The graceful time of a stop or restart asked for by the API or a test:
+  /// the process's own `graceful_time`, else restart-graceful-time.
+  double restart_grace(std::size_t index) const;
+  /// Transitions taken outside process_state.hpp's table (a bug; for tests).
+  std::size_t illegal_transitions() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return illegal_transitions_;
+  }
   /// The keeper process's pid (for diagnosis and fault injection).
   pid_t keeper_pid() const { return core_->keeper_pid(); }
   const Config& config() const { return config_; }
@@ -195,7 +208,6 @@ class Manager {
   void update_quiet_locked(std::size_t i, Effects& fx);
   void maybe_end_when_all_exited_locked(Effects& fx);
   StopPlan shutdown_plan(std::size_t i) const;
-  Clock::duration shutdown_bound() const;
   // The event thread.
   void event_loop();
   void handle_event(const detail::CoreEvent& event, Effects& fx);
@@ -241,6 +253,7 @@ class Manager {
   bool stopping_ = false;  ///< the destructor asks the event thread to end
   bool keeper_gone_ = false;
   bool keeper_lost_ = false;
+  std::size_t illegal_transitions_ = 0;
   /// Too few descriptors for two pipes per process: one each (set by start()).
   std::atomic<bool> merge_streams_{false};
   std::size_t busy_ = 0;        ///< processes not quiet (something of them alive, or a spawn in flight)
@@ -250,8 +263,10 @@ class Manager {
   std::multimap<Clock::time_point, std::size_t> timers_;  ///< stop plan steps due
   std::vector<std::unique_ptr<Output>> new_outputs_;      ///< for the event thread to adopt
   std::vector<pid_t> orphans_;  ///< daemons no process claims
+  std::map<pid_t, std::uint64_t> daemon_starts_;  ///< every daemon's start time, to recognise it later
   Clock::time_point next_report_{};
   Clock::time_point next_drop_notice_{};  ///< event thread only
+  int epoll_fd_ = -1;                      ///< event thread only
   std::thread event_thread_;
 };
 
@@ -278,6 +293,9 @@ struct Manager::Proc {
   std::vector<pid_t> daemons;
   std::optional<StopRun> stop;
   bool killed = false;
+  /// Still alive after its whole stop plan (SIGKILL cannot reach a process
+  /// in uninterruptible sleep): given up on, so that nothing waits for ever.
+  bool abandoned = false;
 };
 
 /// One run's output pipes (stdout and stderr), read by the event thread.
@@ -286,6 +304,9 @@ struct Manager::Output {
   detail::UniqueFd fds[2];
   detail::LineSplitter splitters[2];
   detail::UniqueFd file;  ///< redirect_output, or none
+  /// redirect_output to something that can block (a FIFO, /dev/stdout as a
+  /// pipe, a terminal): written without blocking, like the terminal output.
+  std::unique_ptr<StreamWriter> file_writer;
   std::string file_path;
   bool file_failed = false;
   bool echo = false;
@@ -483,8 +504,9 @@ inline Manager::Manager(Config config, ManagerOptions options)
   struct rlimit limit {};
   if (::getrlimit(RLIMIT_NOFILE, &limit) == 0) {
     child_nofile_ = limit.rlim_cur;
-    const rlim_t wanted = static_cast<rlim_t>(descriptors_needed(true)) + 1024;
-    if (limit.rlim_cur != RLIM_INFINITY && limit.rlim_cur < wanted) {
+    const rlim_t needed = static_cast<rlim_t>(descriptors_needed(true));
+    const rlim_t wanted = needed + 1024;  // and room for the host's own
+    if (limit.rlim_cur != RLIM_INFINITY && limit.rlim_cur < needed) {
       limit.rlim_cur = limit.rlim_max == RLIM_INFINITY ? wanted : std::min(wanted, limit.rlim_max);
       ::setrlimit(RLIMIT_NOFILE, &limit);
     }
@@ -512,7 +534,8 @@ inline Manager::~Manager() {
     out_writer_->flush(std::chrono::milliseconds(500));
     if (std::size_t dropped = out_writer_->take_dropped(true)) {
       log(std::to_string(dropped) + " lines not shown, " + output_name() +
-          (out_writer_->backlog() > 0 ? " is not being read" : " was not being read"));
+          (out_writer_->broken() ? " was closed by its reader"
+                                 : out_writer_->backlog() > 0 ? " is not being read" : " was not being read"));
     }
   }
   if (log_writer_) log_writer_->flush(std::chrono::milliseconds(500));
@@ -555,8 +578,13 @@ inline void Manager::start() {
         lock.lock();
         continue;
       }
-      for (std::size_t i : to_verify_) pool.submit([this, i] { run_verifier(i); });
+      try {
+        for (std::size_t i : to_verify_) pool.submit([this, i] { run_verifier(i); });
+      } catch (const std::system_error& e) {
+        failure = Error(ErrorKind::system, std::string("cannot start a verifier thread: ") + e.what());
+      }
       to_verify_.clear();
+      if (failure) break;
       const auto now = Clock::now();
       if (now >= next_check) {
         next_check = now + std::chrono::seconds(1);
@@ -682,6 +710,11 @@ inline std::vector<std::string> Manager::output_tail(std::size_t index, std::siz
   return tails_.last(index, lines);
 }
 
+inline double Manager::restart_grace(std::size_t index) const {
+  check_index(index);
+  return procs_[index]->spec.graceful_time.value_or(config_.restart_graceful_time);
+}
+
 inline void Manager::stop_process(std::size_t index, std::optional<double> grace) {
   Operation op(*this, index, "stop");
   const Proc& p = *procs_[index];
@@ -764,6 +797,9 @@ inline void Manager::begin_launch(std::size_t i) {
   LaunchPlan plan = make_launch_plan(p.spec, config_, options_.extra_environment);
   // The mark by which the keeper attributes daemons, and by which this
   // manager finds what is left if the keeper is ever lost.
+  plan.envp.erase(std::remove_if(plan.envp.begin(), plan.envp.end(),
+                                 [](const std::string& e) { return e.rfind("PYMANAGER_OWNER=", 0) == 0; }),
+                  plan.envp.end());
   plan.envp.push_back("PYMANAGER_OWNER=" + token_ + ":" + std::to_string(i));
   auto output = std::make_unique<Output>();
   output->index = i;
@@ -789,12 +825,17 @@ inline void Manager::begin_launch(std::size_t i) {
       launches = p.launches;
     }
     // The first launch starts the file afresh; restarts append to it.
-    int flags = O_WRONLY | O_CREAT | O_CLOEXEC | O_NOCTTY | (launches == 0 ? O_TRUNC : O_APPEND);
+    // O_NONBLOCK: opening a FIFO nobody reads must not wait (it fails).
+    int flags = O_WRONLY | O_CREAT | O_CLOEXEC | O_NOCTTY | O_NONBLOCK | (launches == 0 ? O_TRUNC : O_APPEND);
     output->file.reset(::open(file.c_str(), flags, 0644));
     output->file_path = file;
     if (!output->file) {
       throw Error(ErrorKind::spawn_failed, "cannot start process " + quote(p.spec.name) + ": redirect_output " + file +
                                                ": " + std::strerror(errno));
+    }
+    struct stat st {};
+    if (::fstat(output->file.get(), &st) == 0 && !S_ISREG(st.st_mode)) {
+      output->file_writer = std::make_unique<StreamWriter>(output->file.get());
     }
   }
   output->echo = !p.spec.suppress_output && !p.spec.redirect_output;
@@ -806,6 +847,8 @@ inline void Manager::begin_launch(std::size_t i) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (shutdown_begun_) throw Error(ErrorKind::shutting_down, "shutdown has begun");
+    // Nothing new starts once the start-up failed.
+    if (startup_failed_ && p.verify_in_pool) throw Error(ErrorKind::shutting_down, "the start-up failed");
     if (keeper_gone_) throw Error(ErrorKind::spawn_failed, "cannot start process " + quote(p.spec.name) + ": the keeper process is gone");
     set_state_locked(i, ProcessState::starting);
     p.spawn_pending = true;
@@ -814,6 +857,7 @@ inline void Manager::begin_launch(std::size_t i) {
     p.exit_expected = p.spec.verifier && p.spec.verifier->verifier->expects_exit();
     p.stop.reset();
     p.killed = false;
+    p.abandoned = false;
     p.working_directory = plan.working_directory;
     p.spawn_asked = Clock::now();
     ++spawns_in_flight_;
@@ -917,7 +961,9 @@ inline void Manager::after_verified_locked(std::size_t i, bool passed) {
   Proc& p = *procs_[i];
   if (p.state != ProcessState::verifying) return;  // stopped meanwhile
   if (!passed) {
-    set_state_locked(i, ProcessState::failed);
+    // A verifier cancelled by the shutdown or another's failure did not fail.
+    const bool cancelled = shutdown_begun_ || (startup_failed_ && p.verify_in_pool);
+    if (!cancelled) set_state_locked(i, ProcessState::failed);
     return;
   }
   if (p.leader_alive) {
@@ -1002,7 +1048,7 @@ inline void Manager::stop_and_wait(std::size_t i, StopPlan plan, std::unique_loc
   run(fx);
   wake();
   lock.lock();
-  if (!changed_.wait_for(lock, bound, [&] { return p.quiet || keeper_gone_; })) {
+  if (!changed_.wait_for(lock, bound, [&] { return p.quiet || keeper_gone_; }) || p.abandoned) {
     throw Error(ErrorKind::system, "process " + quote(p.spec.name) + " (pid " + std::to_string(p.pid) +
                                        ") did not stop, even after SIGKILL");
   }
@@ -1067,7 +1113,7 @@ inline void Manager::on_quiet_locked(std::size_t i, Effects& fx) {
 /// Recomputes whether process i is quiet and keeps busy_ in step.
 inline void Manager::update_quiet_locked(std::size_t i, Effects& fx) {
   Proc& p = *procs_[i];
-  const bool quiet = !p.group_alive && !p.leader_alive && !p.spawn_pending && p.daemons.empty();
+  const bool quiet = p.abandoned || (!p.group_alive && !p.leader_alive && !p.spawn_pending && p.daemons.empty());
   if (quiet == p.quiet) return;
   p.quiet = quiet;
   if (!quiet) {
@@ -1098,6 +1144,7 @@ inline void Manager::event_loop() {
   sigfillset(&all);
   ::pthread_sigmask(SIG_BLOCK, &all, nullptr);
   detail::UniqueFd epoll(::epoll_create1(EPOLL_CLOEXEC));
+  epoll_fd_ = epoll.get();
   if (!epoll) {
     log(errno_message("event loop: epoll_create1", errno));
     return;
@@ -1118,6 +1165,15 @@ inline void Manager::event_loop() {
   std::vector<struct epoll_event> ready(256);
   std::vector<detail::CoreEvent> events;
   for (;;) {
+    // Queued requests first, then the outputs registered before them: a
+    // spawn is never sent before its pipes are watched.
+    if (keeper_open && !core_->flush()) {
+      keeper_open = false;
+      // Its hang-up would wake every epoll_wait from now on.
+      ::epoll_ctl(epoll.get(), EPOLL_CTL_DEL, core_->fd(), nullptr);
+      on_keeper_lost();
+      continue;
+    }
     Clock::time_point next = Clock::time_point::max();
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -1134,11 +1190,6 @@ inline void Manager::event_loop() {
       if (shutdown_begun_ && !finished_) next = std::min(next, next_report_);
     }
     // The keeper's socket is watched for room only while requests wait.
-    if (keeper_open && !core_->flush()) {
-      keeper_open = false;
-      on_keeper_lost();
-      continue;
-    }
     const bool wants_out = keeper_open && core_->wants_write();
     if (keeper_open && wants_out != keeper_wants_out) {
       struct epoll_event ev {};
@@ -1199,16 +1250,20 @@ inline void Manager::event_loop() {
           on_exited(event.id, event);
           continue;
         }
+        detail::CoreEvent copy = event;
+        // Read now, without the lock: the daemon's identity for later.
+        if (copy.type == detail::CoreEvent::Type::daemon_adopted) copy.start_time = detail::process_start_time(copy.pid);
         Effects fx;
         {
           std::lock_guard<std::mutex> lock(mutex_);
-          handle_event(event, fx);
+          handle_event(copy, fx);
         }
         changed_.notify_all();
         run(fx);
       }
       if (!open) {
         keeper_open = false;
+        ::epoll_ctl(epoll.get(), EPOLL_CTL_DEL, core_->fd(), nullptr);
         on_keeper_lost();
       }
     }
@@ -1240,9 +1295,11 @@ inline void Manager::handle_event(const detail::CoreEvent& event, Effects& fx) {
   if (event.id >= procs_.size()) {
     if (event.type == Type::daemon_adopted) {
       orphans_.push_back(event.pid);
+      daemon_starts_[event.pid] = event.start_time;
       if (options_.verbose) fx.logs.push_back("adopted pid " + std::to_string(event.pid) + ", which no process claims (its environment was cleared)");
     } else if (event.type == Type::daemon_gone) {
       orphans_.erase(std::remove(orphans_.begin(), orphans_.end(), event.pid), orphans_.end());
+      daemon_starts_.erase(event.pid);
     }
     return;
   }
@@ -1299,15 +1356,22 @@ inline void Manager::handle_event(const detail::CoreEvent& event, Effects& fx) {
       break;
     case Type::daemon_adopted:
       if (std::find(p.daemons.begin(), p.daemons.end(), event.pid) == p.daemons.end()) p.daemons.push_back(event.pid);
+      daemon_starts_[event.pid] = event.start_time;
       if (options_.verbose) fx.logs.push_back("process " + quote(p.spec.name) + " left daemon pid " + std::to_string(event.pid));
       if (p.state == ProcessState::exited) set_state_locked(i, ProcessState::daemonized);
       update_quiet_locked(i, fx);
       // A stop under way reaches the new daemon at its next step, or now
       // if the stop is already at its last one.
-      if (p.stop && p.stop->last_signal() != 0) core_->signal_daemons(static_cast<std::uint32_t>(i), p.stop->last_signal());
+      if (p.stop && p.stop->last_signal() != 0) {
+        core_->signal_daemons(static_cast<std::uint32_t>(i), p.stop->last_signal());
+      } else if (shutdown_begun_ && !p.stop && dependents_quiet_locked(i)) {
+        // Adopted after its process had stopped: it is stopped in turn.
+        begin_stop_locked(i, shutdown_plan(i), fx);
+      }
       break;
     case Type::daemon_gone:
       p.daemons.erase(std::remove(p.daemons.begin(), p.daemons.end(), event.pid), p.daemons.end());
+      daemon_starts_.erase(event.pid);
       if (options_.verbose) fx.logs.push_back("daemon pid " + std::to_string(event.pid) + " of " + quote(p.spec.name) + " is gone");
       if (p.state == ProcessState::daemonized && p.daemons.empty()) set_state_locked(i, ProcessState::exited);
       update_quiet_locked(i, fx);
@@ -1360,7 +1424,8 @@ inline void Manager::on_exited(std::size_t i, const detail::CoreEvent& event) {
 /// The keeper is gone without being asked to go (killed from outside):
 /// kill what it can no longer kill, and say exactly what was done.
 inline void Manager::on_keeper_lost() {
-  std::vector<pid_t> groups, daemons;
+  std::vector<pid_t> groups;
+  std::vector<std::pair<pid_t, std::uint64_t>> daemons;
   bool asked;
   {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -1368,20 +1433,21 @@ inline void Manager::on_keeper_lost() {
     asked = stopping_;
     for (auto& p : procs_) {
       if (p->group_alive) groups.push_back(p->pid);
-      daemons.insert(daemons.end(), p->daemons.begin(), p->daemons.end());
     }
-    daemons.insert(daemons.end(), orphans_.begin(), orphans_.end());
+    for (const auto& entry : daemon_starts_) daemons.push_back(entry);
     if (!asked) keeper_lost_ = true;
   }
   if (!asked) {
     // Its children died with it (PR_SET_PDEATHSIG); their groups and the
     // daemons did not. A group id cannot be reused while the group has a
-    // member; a daemon's pid is checked for our mark before the kill.
+    // member; a daemon's pid is checked before the kill: the same start
+    // time as when it was adopted (or, if that was not known, our mark).
     const std::string marker = "PYMANAGER_OWNER=" + token_ + ":";
     for (pid_t pgid : groups) ::kill(-pgid, SIGKILL);
     std::vector<pid_t> killed_daemons;
-    for (pid_t pid : daemons) {
-      if (!detail::process_has_marker(pid, marker)) continue;
+    for (const auto& [pid, start] : daemons) {
+      const bool same = start != 0 ? detail::process_start_time(pid) == start : detail::process_has_marker(pid, marker);
+      if (!same) continue;
       if (::getpgid(pid) == pid) ::kill(-pid, SIGKILL);
       ::kill(pid, SIGKILL);
       killed_daemons.push_back(pid);
@@ -1406,10 +1472,26 @@ inline void Manager::on_keeper_lost() {
     std::lock_guard<std::mutex> lock(mutex_);
     for (std::size_t i = 0; i < procs_.size(); ++i) {
       Proc& p = *procs_[i];
+      // Its children died with it, by SIGKILL.
+      if (p.leader_alive && !p.exit) p.exit = ExitStatus{true, SIGKILL};
       p.leader_alive = p.group_alive = p.spawn_pending = false;
       p.daemons.clear();
+      p.stop.reset();
       update_quiet_locked(i, fx);
+      switch (p.state) {
+        case ProcessState::starting:
+        case ProcessState::verifying:
+        case ProcessState::ready:
+        case ProcessState::daemonized:
+        case ProcessState::stopping:
+          set_state_locked(i, ProcessState::stopped);
+          break;
+        default:
+          break;
+      }
     }
+    daemon_starts_.clear();
+    orphans_.clear();
     spawns_in_flight_ = 0;
     begin_shutdown_locked(true, fx);
   }
@@ -1424,7 +1506,13 @@ inline void Manager::run_timers(Clock::time_point now, Effects& fx) {
     timers_.erase(timers_.begin());
     Proc& p = *procs_[i];
     if (!p.stop || p.stop->due() > now) continue;
-    if (p.stop->exhausted(now)) continue;  // stop_and_wait reports it
+    if (p.stop->exhausted(now)) {
+      fx.logs.push_back("process " + quote(p.spec.name) + " (pid " + std::to_string(p.pid) +
+                        ") is still alive after SIGKILL (in uninterruptible sleep?): given up on");
+      p.abandoned = true;
+      update_quiet_locked(i, fx);
+      continue;
+    }
     advance_stop_locked(i, now, fx);
   }
   if (shutdown_begun_ && !finished_ && now >= next_report_) {
@@ -1452,7 +1540,14 @@ inline void Manager::read_output(Output& output, int which) {
   for (int round = 0; round < 16 && fd; ++round) {
     ssize_t n = detail::retry_eintr([&] { return ::read(fd.get(), buffer, sizeof buffer); });
     if (n > 0) {
-      if (output.file && !output.file_failed) {
+      if (output.file_writer) {
+        output.file_writer->write(std::string_view(buffer, static_cast<std::size_t>(n)));
+        if (!output.file_failed && output.file_writer->broken()) {
+          output.file_failed = true;
+          log("warning: " + errno_message("cannot write the output of " + quote(procs_[output.index]->spec.name) + " to " + output.file_path, output.file_writer->error()) +
+              " (its output is no longer written there; this is said once)");
+        }
+      } else if (output.file && !output.file_failed) {
         // redirect_output gets the bytes as they came, so nothing is lost
         // and nothing waits for a newline.
         if (!detail::write_all(output.file.get(), buffer, static_cast<std::size_t>(n))) {
@@ -1467,7 +1562,10 @@ inline void Manager::read_output(Output& output, int which) {
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
     // The end (or an error): the unfinished line, then forget the pipe.
     output.splitters[which].finish(emit);
-    fd.reset();  // closing it also takes it out of the epoll set
+    // Out of the epoll set first: a copy of the descriptor in another
+    // process (a fork of the host) would keep it there, with our pointer.
+    ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd.get(), nullptr);
+    fd.reset();
     return;
   }
 }
@@ -1495,7 +1593,8 @@ inline void Manager::service_writers() {
     log(std::to_string(dropped) + " lines not shown, " + output_name() + " was not being read");
     next_drop_notice_ = Clock::time_point{};
   } else if (out_writer_->dropped() > 0 && Clock::now() >= next_drop_notice_) {
-    log(std::to_string(out_writer_->take_dropped(true)) + " lines not shown, " + output_name() + " is not being read");
+    log(std::to_string(out_writer_->take_dropped(true)) + " lines not shown, " + output_name() +
+        (out_writer_->broken() ? " was closed by its reader" : " is not being read"));
     next_drop_notice_ = Clock::now() + std::chrono::seconds(10);
   }
 }
@@ -1509,11 +1608,10 @@ inline std::string Manager::output_name() const {
 inline void Manager::set_state_locked(std::size_t i, ProcessState to) {
   Proc& p = *procs_[i];
   if (p.state == to) return;
-  // A transition outside the table is a bug; it is said, and taken anyway,
-  // so that the process is never stuck in a state that is no longer true.
-  if (!transition_allowed(p.state, to) && options_.verbose) {
-    log("internal: process " + quote(p.spec.name) + " went from " + to_string(p.state) + " to " + to_string(to));
-  }
+  // A transition outside the table is a bug: counted (tests assert there
+  // are none), and taken anyway, so that the process is never stuck in a
+  // state that is no longer true.
+  if (!transition_allowed(p.state, to)) ++illegal_transitions_;
   p.state = to;
 }
 

@@ -205,8 +205,20 @@ class StreamWriter {
   /// reader is reading again) or when `now_or_never` (the end).
   std::size_t take_dropped(bool now_or_never = false) {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (dropped_ == 0 || (!now_or_never && pending() > 0 && mode_ != Mode::broken)) return 0;
+    // A reader that went away (broken) never comes back.
+    if (dropped_ == 0 || (!now_or_never && (pending() > 0 || mode_ == Mode::broken))) return 0;
     return std::exchange(dropped_, 0);
+  }
+
+  /// True once the reader is gone (EPIPE) or the descriptor unusable.
+  bool broken() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return mode_ == Mode::broken;
+  }
+  /// The errno that broke it (0 while it is not broken).
+  int error() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return error_;
   }
 
   /// Lines dropped and not yet taken.
@@ -282,6 +294,7 @@ class StreamWriter {
       if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return done;
       // The reader is gone (EPIPE) or the descriptor is unusable: from now
       // on everything is dropped, and counted.
+      error_ = n < 0 ? errno : EIO;
       mode_ = Mode::broken;
       return done;
     }
@@ -312,6 +325,7 @@ class StreamWriter {
   std::string backlog_;
   std::size_t head_ = 0;
   std::size_t dropped_ = 0;
+  int error_ = 0;
 };
 
 namespace detail {

@@ -17,7 +17,8 @@
 // - daemonized: its main process ended and left daemons behind, which
 //   belong to it (`pg_ctl start`, `redis-server --daemonize yes`).
 // - stopping: its stop plan runs (stop signal, then SIGKILL).
-// - stopped: stopped on request; nothing of it is left.
+// - stopped: stopped on request; nothing of it is left. (Straight from a
+//   running state only when the keeper was killed and took it along.)
 // - failed: it could not be spawned, or its verifier failed.
 #ifndef PYMANAGER_PROCESS_STATE_HPP
 #define PYMANAGER_PROCESS_STATE_HPP
@@ -53,11 +54,11 @@ inline bool transition_allowed(ProcessState from, ProcessState to) {
   //                                     wait start verif ready exit  daem  stop' stopd fail
   static constexpr bool kTable[kProcessStateCount][kProcessStateCount] = {
       /* waiting    */ {false, true,  false, false, false, false, false, true,  true},
-      /* starting   */ {false, false, true,  true,  false, false, true,  false, true},
-      /* verifying  */ {false, false, false, true,  true,  true,  true,  false, true},
-      /* ready      */ {false, false, false, false, true,  true,  true,  false, false},
+      /* starting   */ {false, false, true,  true,  false, false, true,  true,  true},
+      /* verifying  */ {false, false, false, true,  true,  true,  true,  true,  true},
+      /* ready      */ {false, false, false, false, true,  true,  true,  true,  false},
       /* exited     */ {false, true,  false, false, false, true,  true,  true,  false},
-      /* daemonized */ {false, false, false, false, true,  false, true,  false, false},
+      /* daemonized */ {false, false, false, false, true,  false, true,  true,  false},
       /* stopping   */ {false, false, false, false, false, false, false, true,  false},
       /* stopped    */ {false, true,  false, false, false, false, false, false, false},
       /* failed     */ {false, true,  false, false, false, false, true,  true,  false},

@@ -1,12 +1,14 @@
 // A test child that says, with its own clock, what happened to it.
 //   stamp_service --stamp FILE [--port N] [--delay-ms D] [--wait-for FILE]
-//                 [--ignore-signals] [--daemonize] [--exit CODE]
+//                 [--ignore-signals] [--daemonize] [--exit CODE] [--linger-ms L]
 // Appends "<event> <pid> <CLOCK_MONOTONIC microseconds>" lines to FILE:
 //   start      when it began;
 //   listening  once it listens on 127.0.0.1:N (after D ms, its own start-up
 //              time, and once FILE exists, a state the test controls);
 //   signal S   when it got signal S (SIGTERM, SIGINT, SIGQUIT, SIGHUP); it
-//              then exits 0, unless --ignore-signals.
+//              then exits 0, unless --ignore-signals; with --linger-ms, it
+//              first takes L ms to wind down and says "exit" just before it
+//              exits (so a test can tell "signalled" from "gone").
 // It answers every HTTP request with 200 "ok". --daemonize: forks; the parent
 // (the "launcher") exits 0 at once, the child calls setsid and goes on, as
 // `pg_ctl start` or `redis-server --daemonize yes` do. --exit CODE: exits
@@ -20,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -44,7 +47,7 @@ void stamp(const std::string& event) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int port = 0, delay_ms = 0, exit_code = -1;
+  int port = 0, delay_ms = 0, exit_code = -1, linger_ms = 0;
   bool ignore = false, daemonize = false;
   std::string wait_for;
   for (int i = 1; i < argc; ++i) {
@@ -61,6 +64,7 @@ int main(int argc, char** argv) {
     else if (flag == "--delay-ms") delay_ms = std::atoi(value().c_str());
     else if (flag == "--wait-for") wait_for = value();
     else if (flag == "--exit") exit_code = std::atoi(value().c_str());
+    else if (flag == "--linger-ms") linger_ms = std::atoi(value().c_str());
     else if (flag == "--ignore-signals") ignore = true;
     else if (flag == "--daemonize") daemonize = true;
     else {
@@ -95,7 +99,14 @@ int main(int argc, char** argv) {
     signalfd_siginfo info {};
     if (read(sigfd, &info, sizeof info) != static_cast<ssize_t>(sizeof info)) return;
     stamp("signal " + std::to_string(info.ssi_signo));
-    if (!ignore) std::exit(0);
+    if (ignore) return;
+    if (linger_ms > 0) {
+      struct timespec pause = {linger_ms / 1000, (linger_ms % 1000) * 1000000L};
+      while (nanosleep(&pause, &pause) != 0 && errno == EINTR) {
+      }
+    }
+    stamp("exit");
+    std::exit(0);
   };
   // Its own start-up time, then the test's go-ahead; signals are seen meanwhile.
   struct timespec begin {};

@@ -11,6 +11,7 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <functional>
@@ -36,7 +37,27 @@ struct CoreEvent {
   int wait_status = 0;   ///< exited, daemon_gone
   int error = 0;         ///< spawn_failed: errno
   SpawnStage stage = SpawnStage::protocol;  ///< spawn_failed: where
+  /// daemon_adopted: when the daemon started (/proc/PID/stat, clock ticks
+  /// since boot; 0 unknown), so that its pid is never mistaken for another's later.
+  std::uint64_t start_time = 0;
 };
+
+/// A process's start time (field 22 of /proc/PID/stat), 0 when unknown.
+inline std::uint64_t process_start_time(pid_t pid) {
+  UniqueFd fd(::open(("/proc/" + std::to_string(pid) + "/stat").c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return 0;
+  char buffer[1024];
+  ssize_t n = retry_eintr([&] { return ::read(fd.get(), buffer, sizeof buffer - 1); });
+  if (n <= 0) return 0;
+  buffer[n] = '\0';
+  // "pid (comm) state ppid ...": comm may hold anything; count fields after the last ')'.
+  const char* p = std::strrchr(buffer, ')');
+  if (p == nullptr) return 0;
+  for (int field = 2; field < 22 && *p; ++p) {
+    if (*p == ' ') ++field;
+  }
+  return std::strtoull(p, nullptr, 10);
+}
 
 /// One request waiting to be sent, with the descriptors it passes.
 struct CoreRequest {
