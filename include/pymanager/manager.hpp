@@ -10,9 +10,9 @@
 // - detail/process_core.hpp: the keeper behind a narrow, typed interface.
 //
 // Threads: the callers' (start, restart, the API's), the verifier pool's
-// during start(), and one event thread that reads the keeper's events and
-// the children's output, sends what is queued for the keeper and carries out
-// stop plans. All state sits behind one mutex, which is never held across
+// during start(), and the process core's event loop (detail/process_core.hpp),
+// which delivers the keeper's events and the children's output lines to the
+// Manager and runs its stop plans' timers. All state sits behind one mutex, which is never held across
 // I/O to another process: requests to the keeper are queued under it and
 // sent by the event thread without blocking, log messages are written after
 // it is released, and the terminal output goes through a non-blocking
@@ -23,8 +23,6 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
-#include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -180,10 +178,11 @@ class Manager {
 
  private:
   struct Proc;
-  struct Output;
+  struct RunOutput;
   class Operation;
   class Context;
   struct Effects;
+  class Listener;
 
   // Launching.
   /// Spawns in flight at once: the keeper serves them one by one, and each
@@ -208,15 +207,15 @@ class Manager {
   void update_quiet_locked(std::size_t i, Effects& fx);
   void maybe_end_when_all_exited_locked(Effects& fx);
   StopPlan shutdown_plan(std::size_t i) const;
-  // The event thread.
-  void event_loop();
+  // The event loop's calls (see Listener).
+  void on_core_event(const detail::CoreEvent& event);
   void handle_event(const detail::CoreEvent& event, Effects& fx);
   void on_exited(std::size_t i, const detail::CoreEvent& event);
   void on_keeper_lost();
+  Clock::time_point on_tick(Clock::time_point now);
   void run_timers(Clock::time_point now, Effects& fx);
-  void read_output(Output& output, int which);
+  void write_redirect(RunOutput& output, std::string_view bytes);
   void deliver(std::size_t i, OutputStream stream, std::string_view text, bool complete);
-  void drain_outputs_of(std::size_t i);
   void service_writers();
   std::string output_name() const;
   // Small things.
@@ -237,8 +236,8 @@ class Manager {
   std::function<void(const std::string&)> log_;
   std::unique_ptr<detail::TerminalPrinter> printer_;
   detail::TailBuffers tails_;
-  detail::UniqueFd wake_;
   std::unique_ptr<detail::ProcessCore> core_;
+  std::unique_ptr<Listener> listener_;
   std::vector<std::unique_ptr<Proc>> procs_;
 
   mutable std::mutex mutex_;
@@ -261,12 +260,10 @@ class Manager {
   int operations_ = 0;          ///< stop/start/restart calls under way
   std::vector<std::size_t> to_verify_;  ///< spawned during start(), for the verifier pool
   std::multimap<Clock::time_point, std::size_t> timers_;  ///< stop plan steps due
-  std::vector<std::unique_ptr<Output>> new_outputs_;      ///< for the event thread to adopt
   std::vector<pid_t> orphans_;  ///< daemons no process claims
   std::map<pid_t, std::uint64_t> daemon_starts_;  ///< every daemon's start time, to recognise it later
   Clock::time_point next_report_{};
   Clock::time_point next_drop_notice_{};  ///< event thread only
-  int epoll_fd_ = -1;                      ///< event thread only
   std::thread event_thread_;
 };
 
@@ -298,19 +295,28 @@ struct Manager::Proc {
   bool abandoned = false;
 };
 
-/// One run's output pipes (stdout and stderr), read by the event thread.
-struct Manager::Output {
+/// Where one run's output bytes go besides the events: its redirect_output
+/// file. Touched by the event loop only, once the run is launched.
+struct Manager::RunOutput {
   std::size_t index = 0;
-  detail::UniqueFd fds[2];
-  detail::LineSplitter splitters[2];
   detail::UniqueFd file;  ///< redirect_output, or none
   /// redirect_output to something that can block (a FIFO, /dev/stdout as a
   /// pipe, a terminal): written without blocking, like the terminal output.
   std::unique_ptr<StreamWriter> file_writer;
   std::string file_path;
   bool file_failed = false;
-  bool echo = false;
-  bool done() const { return !fds[0] && !fds[1]; }
+};
+
+/// The Manager as the event loop's listener.
+class Manager::Listener : public detail::CoreListener {
+ public:
+  explicit Listener(Manager& m) : m_(m) {}
+  void on_event(const detail::CoreEvent& event) override { m_.on_core_event(event); }
+  void on_keeper_lost() override { m_.on_keeper_lost(); }
+  Clock::time_point on_tick(Clock::time_point now) override { return m_.on_tick(now); }
+
+ private:
+  Manager& m_;
 };
 
 /// What to do once the lock is released: messages to log, exits to report.
@@ -511,13 +517,14 @@ inline Manager::Manager(Config config, ManagerOptions options)
       ::setrlimit(RLIMIT_NOFILE, &limit);
     }
   }
-  wake_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-  if (!wake_) throw_system_error("eventfd");
   detail::KeeperOptions keeper_options;
   keeper_options.token = token_;
   keeper_options.child_nofile_soft = child_nofile_;
-  core_ = std::make_unique<detail::ProcessCore>(std::move(keeper_options), [this] { wake(); });
-  event_thread_ = std::thread([this] { event_loop(); });
+  core_ = std::make_unique<detail::ProcessCore>(std::move(keeper_options));
+  core_->add_writer(out_writer_.get());
+  core_->add_writer(log_writer_.get());
+  listener_ = std::make_unique<Listener>(*this);
+  event_thread_ = std::thread([this] { core_->run(*listener_); });
 }
 
 inline Manager::~Manager() {
@@ -527,7 +534,7 @@ inline Manager::~Manager() {
     std::lock_guard<std::mutex> lock(mutex_);
     stopping_ = true;
   }
-  wake();
+  core_->stop_loop();
   if (event_thread_.joinable()) event_thread_.join();
   core_->close();
   if (out_writer_) {
@@ -801,7 +808,7 @@ inline void Manager::begin_launch(std::size_t i) {
                                  [](const std::string& e) { return e.rfind("PYMANAGER_OWNER=", 0) == 0; }),
                   plan.envp.end());
   plan.envp.push_back("PYMANAGER_OWNER=" + token_ + ":" + std::to_string(i));
-  auto output = std::make_unique<Output>();
+  auto output = std::make_shared<RunOutput>();
   output->index = i;
   detail::Pipe pipes[2];
   const int streams = merge_streams_ ? 1 : 2;
@@ -838,9 +845,6 @@ inline void Manager::begin_launch(std::size_t i) {
       output->file_writer = std::make_unique<StreamWriter>(output->file.get());
     }
   }
-  output->echo = !p.spec.suppress_output && !p.spec.redirect_output;
-  output->fds[0] = std::move(pipes[0].read);
-  output->fds[1] = std::move(pipes[1].read);
   detail::CoreRequest request = detail::ProcessCore::spawn_request(static_cast<std::uint32_t>(i), plan,
                                                                    std::move(pipes[0].write), std::move(pipes[1].write));
   Effects fx;
@@ -862,9 +866,9 @@ inline void Manager::begin_launch(std::size_t i) {
     p.spawn_asked = Clock::now();
     ++spawns_in_flight_;
     update_quiet_locked(i, fx);
-    // Registered before the spawn, so that the output is read before the
-    // exit is recorded.
-    new_outputs_.push_back(std::move(output));
+    // Watched before the spawn is sent, so that the output is read before
+    // the exit is recorded.
+    core_->watch_output(static_cast<std::uint32_t>(i), std::move(pipes[0].read), std::move(pipes[1].read), output);
     core_->submit(std::move(request));
   }
   if (options_.verbose) log("launching " + quote(p.spec.name) + ": " + describe_command(p.spec));
@@ -1137,156 +1141,47 @@ inline void Manager::maybe_end_when_all_exited_locked(Effects& fx) {
 
 // ------------------------------------------------------------ event thread
 
-inline void Manager::event_loop() {
-  // Signals are for the host's other threads; SIGPIPE from a write to a
-  // reader that went away must not reach anyone.
-  sigset_t all;
-  sigfillset(&all);
-  ::pthread_sigmask(SIG_BLOCK, &all, nullptr);
-  detail::UniqueFd epoll(::epoll_create1(EPOLL_CLOEXEC));
-  epoll_fd_ = epoll.get();
-  if (!epoll) {
-    log(errno_message("event loop: epoll_create1", errno));
-    return;
-  }
-  // Tags: 0 the wake eventfd, 1 the keeper, 2 and 3 the writers; an output
-  // pipe is tagged with its Output's address plus 0 (stdout) or 1 (stderr).
-  auto add = [&](int fd, std::uint32_t events, std::uint64_t tag) {
-    struct epoll_event ev {};
-    ev.events = events;
-    ev.data.u64 = tag;
-    return ::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, fd, &ev) == 0;
-  };
-  add(wake_.get(), EPOLLIN, 0);
-  bool keeper_open = add(core_->fd(), EPOLLIN, 1);
-  bool keeper_wants_out = false;
-  std::vector<std::vector<std::unique_ptr<Output>>> outputs(procs_.size());
-  int writer_fds[2] = {-1, -1};
-  std::vector<struct epoll_event> ready(256);
-  std::vector<detail::CoreEvent> events;
-  for (;;) {
-    // Queued requests first, then the outputs registered before them: a
-    // spawn is never sent before its pipes are watched.
-    if (keeper_open && !core_->flush()) {
-      keeper_open = false;
-      // Its hang-up would wake every epoll_wait from now on.
-      ::epoll_ctl(epoll.get(), EPOLL_CTL_DEL, core_->fd(), nullptr);
-      on_keeper_lost();
-      continue;
-    }
-    Clock::time_point next = Clock::time_point::max();
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (stopping_) break;
-      for (auto& output : new_outputs_) {
-        for (int which = 0; which < 2; ++which) {
-          auto tag = reinterpret_cast<std::uintptr_t>(output.get()) + static_cast<std::uintptr_t>(which);
-          if (output->fds[which]) add(output->fds[which].get(), EPOLLIN, tag);
-        }
-        outputs[output->index].push_back(std::move(output));
-      }
-      new_outputs_.clear();
-      if (!timers_.empty()) next = timers_.begin()->first;
-      if (shutdown_begun_ && !finished_) next = std::min(next, next_report_);
-    }
-    // The keeper's socket is watched for room only while requests wait.
-    const bool wants_out = keeper_open && core_->wants_write();
-    if (keeper_open && wants_out != keeper_wants_out) {
-      struct epoll_event ev {};
-      ev.events = EPOLLIN | (wants_out ? EPOLLOUT : 0u);
-      ev.data.u64 = 1;
-      ::epoll_ctl(epoll.get(), EPOLL_CTL_MOD, core_->fd(), &ev);
-      keeper_wants_out = wants_out;
-    }
-    StreamWriter* writers[2] = {out_writer_.get(), log_writer_.get()};  // either may be null
-    for (int w = 0; w < 2; ++w) {
-      int fd = writers[w] ? writers[w]->wait_fd() : -1;
-      if (fd == writer_fds[w]) continue;
-      if (writer_fds[w] >= 0) ::epoll_ctl(epoll.get(), EPOLL_CTL_DEL, writer_fds[w], nullptr);
-      // A descriptor epoll cannot watch (EPERM) is written on each pass.
-      writer_fds[w] = fd >= 0 && add(fd, EPOLLOUT, 2 + static_cast<std::uint64_t>(w)) ? fd : -1;
-    }
-    int timeout = -1;
-    if (next != Clock::time_point::max()) {
-      auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(next - Clock::now()).count() + 1;
-      timeout = static_cast<int>(std::clamp<long long>(ms, 0, 60000));
-    }
-    if ((writers[0] && writers[0]->wait_fd() >= 0 && writer_fds[0] < 0) ||
-        (writers[1] && writers[1]->wait_fd() >= 0 && writer_fds[1] < 0)) {
-      timeout = timeout < 0 ? 50 : std::min(timeout, 50);
-    }
-    int n = ::epoll_wait(epoll.get(), ready.data(), static_cast<int>(ready.size()), timeout);
-    if (n < 0 && errno != EINTR) {
-      log(errno_message("event loop: epoll_wait", errno));
+/// Every event of the process core, on its loop's thread.
+inline void Manager::on_core_event(const detail::CoreEvent& event) {
+  using Type = detail::CoreEvent::Type;
+  switch (event.type) {
+    case Type::output_bytes:
+      if (event.id < procs_.size()) write_redirect(*static_cast<RunOutput*>(event.context), event.text);
+      return;
+    case Type::output_line:
+      if (event.id < procs_.size()) deliver(event.id, event.stream, event.text, event.complete);
+      return;
+    case Type::exited:
+      if (event.id < procs_.size()) on_exited(event.id, event);
+      return;
+    default:
       break;
-    }
-    bool keeper_readable = false;
-    for (int k = 0; k < std::max(n, 0); ++k) {
-      const std::uint64_t tag = ready[k].data.u64;
-      if (tag == 0) {
-        std::uint64_t count;
-        ssize_t ignored = ::read(wake_.get(), &count, sizeof count);
-        (void)ignored;
-      } else if (tag == 1) {
-        keeper_readable = (ready[k].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) != 0 || keeper_readable;
-      } else if (tag >= 4) {
-        // Output first, so that an exit is recorded after the lines before it.
-        auto* output = reinterpret_cast<Output*>(static_cast<std::uintptr_t>(tag & ~std::uint64_t{1}));
-        read_output(*output, static_cast<int>(tag & 1));
-      }
-    }
-    service_writers();
-    if (keeper_open && keeper_readable) {
-      events.clear();
-      bool open = core_->read_events(events, 512);
-      for (const auto& event : events) {
-        if (event.type == detail::CoreEvent::Type::exited && event.id < procs_.size()) {
-          // Read what it printed before it exited, so that the tail is complete.
-          for (auto& output : outputs[event.id]) {
-            for (int which = 0; which < 2; ++which) {
-              if (output->fds[which]) read_output(*output, which);
-            }
-          }
-          on_exited(event.id, event);
-          continue;
-        }
-        detail::CoreEvent copy = event;
-        // Read now, without the lock: the daemon's identity for later.
-        if (copy.type == detail::CoreEvent::Type::daemon_adopted) copy.start_time = detail::process_start_time(copy.pid);
-        Effects fx;
-        {
-          std::lock_guard<std::mutex> lock(mutex_);
-          handle_event(copy, fx);
-        }
-        changed_.notify_all();
-        run(fx);
-      }
-      if (!open) {
-        keeper_open = false;
-        ::epoll_ctl(epoll.get(), EPOLL_CTL_DEL, core_->fd(), nullptr);
-        on_keeper_lost();
-      }
-    }
-    // Forget the pipes that reached their end.
-    for (auto& list : outputs) {
-      if (list.empty()) continue;
-      list.erase(std::remove_if(list.begin(), list.end(), [](const auto& o) { return o->done(); }), list.end());
-    }
-    Effects fx;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      run_timers(Clock::now(), fx);
-    }
-    run(fx);
   }
-  // The end: what the pipes still hold is read once more.
-  for (auto& list : outputs) {
-    for (auto& output : list) {
-      for (int which = 0; which < 2; ++which) {
-        if (output->fds[which]) read_output(*output, which);
-      }
-    }
+  detail::CoreEvent copy = event;
+  // Read now, without the lock: the daemon's identity for later.
+  if (copy.type == Type::daemon_adopted) copy.start_time = detail::process_start_time(copy.pid);
+  Effects fx;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    handle_event(copy, fx);
   }
+  changed_.notify_all();
+  run(fx);
+}
+
+/// Stop plan steps that are due, the drop notices; when to come back.
+inline Clock::time_point Manager::on_tick(Clock::time_point now) {
+  Effects fx;
+  Clock::time_point next = Clock::time_point::max();
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    run_timers(now, fx);
+    if (!timers_.empty()) next = timers_.begin()->first;
+    if (shutdown_begun_ && !finished_) next = std::min(next, next_report_);
+  }
+  run(fx);
+  service_writers();
+  return next;
 }
 
 /// Applies one keeper event (except exits: on_exited). Under the lock.
@@ -1531,42 +1426,24 @@ inline void Manager::run_timers(Clock::time_point now, Effects& fx) {
   }
 }
 
-/// Reads what one pipe holds (bounded, for fairness) and delivers its lines.
-inline void Manager::read_output(Output& output, int which) {
-  char buffer[65536];
-  auto& fd = output.fds[which];
-  const auto stream = which == 0 ? OutputStream::out : OutputStream::err;
-  auto emit = [&](std::string_view text, bool complete) { deliver(output.index, stream, text, complete); };
-  for (int round = 0; round < 16 && fd; ++round) {
-    ssize_t n = detail::retry_eintr([&] { return ::read(fd.get(), buffer, sizeof buffer); });
-    if (n > 0) {
-      if (output.file_writer) {
-        output.file_writer->write(std::string_view(buffer, static_cast<std::size_t>(n)));
-        if (!output.file_failed && output.file_writer->broken()) {
-          output.file_failed = true;
-          log("warning: " + errno_message("cannot write the output of " + quote(procs_[output.index]->spec.name) + " to " + output.file_path, output.file_writer->error()) +
-              " (its output is no longer written there; this is said once)");
-        }
-      } else if (output.file && !output.file_failed) {
-        // redirect_output gets the bytes as they came, so nothing is lost
-        // and nothing waits for a newline.
-        if (!detail::write_all(output.file.get(), buffer, static_cast<std::size_t>(n))) {
-          output.file_failed = true;
-          log("warning: " + errno_message("cannot write the output of " + quote(procs_[output.index]->spec.name) + " to " + output.file_path, errno) +
-              " (its output is no longer written there; this is said once)");
-        }
-      }
-      output.splitters[which].feed(buffer, static_cast<std::size_t>(n), emit);
-      continue;
+/// redirect_output gets the bytes as they came, so nothing is lost and
+/// nothing waits for a newline.
+inline void Manager::write_redirect(RunOutput& output, std::string_view bytes) {
+  if (output.file_writer) {
+    output.file_writer->write(bytes);
+    if (!output.file_failed && output.file_writer->broken()) {
+      output.file_failed = true;
+      log("warning: " + errno_message("cannot write the output of " + quote(procs_[output.index]->spec.name) + " to " + output.file_path, output.file_writer->error()) +
+          " (its output is no longer written there; this is said once)");
     }
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
-    // The end (or an error): the unfinished line, then forget the pipe.
-    output.splitters[which].finish(emit);
-    // Out of the epoll set first: a copy of the descriptor in another
-    // process (a fork of the host) would keep it there, with our pointer.
-    ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd.get(), nullptr);
-    fd.reset();
-    return;
+  } else if (output.file && !output.file_failed) {
+    if (!detail::write_all(output.file.get(), bytes.data(), bytes.size())) {
+      // A full disk: said once per run, and the child goes on (its output
+      // is still read, and kept in the tail).
+      output.file_failed = true;
+      log("warning: " + errno_message("cannot write the output of " + quote(procs_[output.index]->spec.name) + " to " + output.file_path, errno) +
+          " (its output is no longer written there; this is said once)");
+    }
   }
 }
 
@@ -1642,11 +1519,7 @@ inline void Manager::run(Effects& fx) {
   fx.logs.clear();
 }
 
-inline void Manager::wake() const {
-  std::uint64_t one = 1;
-  ssize_t ignored = ::write(wake_.get(), &one, sizeof one);
-  (void)ignored;
-}
+inline void Manager::wake() const { core_->wake(); }
 
 }  // namespace v1
 }  // namespace pymanager
