@@ -674,6 +674,21 @@ TEST_F(Cli, WithDescriptorsForOnlyOnePipeEachStdoutAndStderrShareIt) {
   EXPECT_EQ(result.exit_code, 0) << result.err;
 }
 
+TEST_F(Cli, ClosedStandardDescriptorsAreHeldByDevNull) {
+  write_config(sleeper("one"), R"("keep-alive": true)");
+  testutil::Child child({"/bin/sh", "-c", "exec \"$0\" -f cfg.json <&- >&- 2>&-", binary_}, dir_);
+  ASSERT_TRUE(wait_until([&] { return pids_in("pids.txt").size() == 1; }));
+  for (int fd = 0; fd <= 2; ++fd) {
+    char target[256] = {};
+    std::string link = "/proc/" + std::to_string(child.pid()) + "/fd/" + std::to_string(fd);
+    ASSERT_GT(::readlink(link.c_str(), target, sizeof target - 1), 0) << link;
+    EXPECT_STREQ(target, "/dev/null") << "fd " << fd;
+  }
+  child.signal(SIGTERM);
+  EXPECT_EQ(child.wait(30000ms).exit_code, 0);
+  expect_all_gone("pids.txt");
+}
+
 TEST_F(Cli, ACycleIsRefusedBeforeAnythingRuns) {
   write_config(R"("a": {"executable": "sh", "arguments": ["-c", "echo $$ >> pids.txt; exec sleep 1000"], "depends_on": ["b"]},
                   "b": {"executable": "sh", "arguments": ["-c", "echo $$ >> pids.txt; exec sleep 1000"], "depends_on": ["a"]},

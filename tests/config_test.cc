@@ -1528,13 +1528,24 @@ TEST(ConfigStopSignal, NamesWithAndWithoutThePrefixAndNumbers) {
   const std::pair<const char*, int> cases[] = {
       {R"("SIGINT")", SIGINT}, {R"("INT")", SIGINT},   {R"("TERM")", SIGTERM}, {R"("SIGQUIT")", SIGQUIT},
       {R"("HUP")", SIGHUP},    {R"("USR1")", SIGUSR1}, {R"("SIGUSR2")", SIGUSR2}, {R"("KILL")", SIGKILL},
-      {R"("WINCH")", SIGWINCH}, {R"("IOT")", SIGABRT}, {"2", 2}, {"1", 1}, {"40", 40}, {"64", 64}};
+      {R"("PWR")", SIGPWR}, {R"("IOT")", SIGABRT}, {"2", 2}, {"1", 1}, {"40", 40}, {"64", 64}};
   for (const auto& c : cases) {
     SCOPED_TRACE(c.first);
     Config config = pymanager::parse_config(
         web_with_options((std::string(R"({"stop_signal": )") + c.first + "}").c_str()), builtins());
     EXPECT_EQ(config.processes[0].stop_signal, c.second);
   }
+}
+
+TEST(ConfigStopSignal, SignalsThatCannotEndAProcessAreRefused) {
+  EXPECT_TRUE(FailsWith(web_with_options(R"({"stop_signal": "STOP"})"), ErrorKind::config_invalid,
+                        "processes.web.options.stop_signal: SIGSTOP suspends a process instead of ending it"));
+  EXPECT_TRUE(FailsWith(web_with_options(R"({"stop_signal": "SIGWINCH"})"), ErrorKind::config_invalid,
+                        "processes.web.options.stop_signal: SIGWINCH is ignored by default and cannot stop a process"));
+  EXPECT_TRUE(FailsWith(web_with_options(R"({"stop_signal": "CHLD"})"), ErrorKind::config_invalid,
+                        "processes.web.options.stop_signal: SIGCHLD is ignored by default and cannot stop a process"));
+  EXPECT_TRUE(FailsWith(web_with_options(R"({"stop_signal": 32})"), ErrorKind::config_invalid,
+                        "processes.web.options.stop_signal: signal 32 is reserved by the C library"));
 }
 
 TEST(ConfigStopSignal, UnknownNamesGetASuggestion) {

@@ -513,6 +513,25 @@ TEST_F(Graph, ARedirectToAFifoNobodyReadsBlocksNothing) {
   ::close(reader);
 }
 
+TEST_F(Graph, AFrozenKeeperIsKilledOnceItsStopPlanRunsOutAndNothingIsLeft) {
+  auto cfg = config({R"("tree": {"executable": "sh", "arguments": ["-c", "sleep 600 & echo child $!; exec sleep 600"]})"});
+  Capture capture;
+  pymanager::Manager manager(cfg, capture.options());
+  manager.start();
+  ASSERT_TRUE(wait_until([&] { return capture.output().find("child ") != std::string::npos; }));
+  std::vector<pid_t> pids = testutil::pids_after(capture.output(), "child ");
+  pids.push_back(info(manager, "tree").pid);
+  const pid_t keeper = manager.keeper_pid();
+  ASSERT_EQ(::kill(keeper, SIGSTOP), 0);
+  // Even a forced shutdown cannot reach the children through a stopped
+  // keeper; after SIGKILL's wait (10 s) the Manager ends the keeper itself.
+  manager.shutdown(true);
+  EXPECT_TRUE(manager.wait_finished(60s)) << capture.log();
+  EXPECT_TRUE(manager.keeper_lost());
+  EXPECT_THAT(capture.log(), HasSubstr("the keeper process (pid " + std::to_string(keeper) + ") is stopped"));
+  for (pid_t pid : pids) EXPECT_TRUE(wait_until([&] { return !testutil::pid_alive(pid); })) << pid;
+}
+
 TEST_F(Graph, TwoThousandProcessesStopCleanly) {
   std::vector<std::string> processes;
   for (int i = 0; i < 2000; ++i) {

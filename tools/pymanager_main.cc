@@ -257,6 +257,18 @@ class SignalWatcher {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Started with stdin, stdout or stderr closed (`pymanager >&-`), our own
+  // descriptors would take their numbers, and the children's output or our
+  // messages would go into a socket: /dev/null holds each closed one.
+  for (int fd = 0; fd <= 2; ++fd) {
+    if (::fcntl(fd, F_GETFD) == -1 && errno == EBADF) {
+      int null_fd = ::open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY);
+      if (null_fd >= 0 && null_fd != fd) {
+        ::dup2(null_fd, fd);
+        ::close(null_fd);
+      }
+    }
+  }
   // A closed stdout (`pymanager | head`) must not kill the manager before it
   // has stopped its processes: writes then fail with EPIPE instead.
   ::signal(SIGPIPE, SIG_IGN);

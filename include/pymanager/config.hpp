@@ -244,7 +244,30 @@ inline std::string signal_suggestion(const std::string& name) {
 }
 
 /// `options.stop_signal`: "SIGINT", "INT", or a number from 1 to SIGRTMAX.
+inline int parse_any_signal(const OJson& value, const std::string& path);
+
+/// A stop signal must be able to end a process: these are ignored by
+/// default, stop it, or are the C library's own.
+inline int refuse_useless_stop_signal(int number, const std::string& path) {
+  switch (number) {
+    case SIGSTOP: case SIGTSTP: case SIGTTIN: case SIGTTOU:
+      throw_config_error(path, signal_name(number) + " suspends a process instead of ending it");
+    case SIGCONT: case SIGCHLD: case SIGURG: case SIGWINCH:
+      throw_config_error(path, signal_name(number) + " is ignored by default and cannot stop a process");
+    default:
+      break;
+  }
+  if (number >= 32 && number < SIGRTMIN) {
+    throw_config_error(path, "signal " + std::to_string(number) + " is reserved by the C library");
+  }
+  return number;
+}
+
 inline int parse_stop_signal(const OJson& value, const std::string& path) {
+  return refuse_useless_stop_signal(parse_any_signal(value, path), path);
+}
+
+inline int parse_any_signal(const OJson& value, const std::string& path) {
   const int max = max_signal_number();
   if (value.is_number_integer()) {  // signed or unsigned
     // An unsigned value may not fit a long long: anything above max is out of range.

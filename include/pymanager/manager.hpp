@@ -293,6 +293,7 @@ struct Manager::Proc {
   /// Still alive after its whole stop plan (SIGKILL cannot reach a process
   /// in uninterruptible sleep): given up on, so that nothing waits for ever.
   bool abandoned = false;
+  bool failed = false;  ///< this run failed (spawn or verifier): its stop ends in `failed`
 };
 
 /// Where one run's output bytes go besides the events: its redirect_output
@@ -468,10 +469,24 @@ inline std::vector<pid_t> processes_with_marker(const std::string& marker) {
   return out;
 }
 
+/// "1, 2, 3", at most 20 of them ("..., and 97 more").
 inline std::string join_pids(const std::vector<pid_t>& pids) {
   std::string out;
-  for (pid_t pid : pids) out += (out.empty() ? "" : ", ") + std::to_string(pid);
+  for (std::size_t k = 0; k < pids.size() && k < 20; ++k) out += (out.empty() ? "" : ", ") + std::to_string(pids[k]);
+  if (pids.size() > 20) out += ", and " + std::to_string(pids.size() - 20) + " more";
   return out;
+}
+
+/// True when process `pid` is stopped or traced (state T or t in /proc).
+inline bool keeper_is_frozen(pid_t pid) {
+  UniqueFd fd(::open(("/proc/" + std::to_string(pid) + "/stat").c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return false;
+  char buffer[512];
+  ssize_t n = retry_eintr([&] { return ::read(fd.get(), buffer, sizeof buffer - 1); });
+  if (n <= 0) return false;
+  buffer[n] = '\0';
+  const char* close_paren = std::strrchr(buffer, ')');
+  return close_paren != nullptr && close_paren[1] == ' ' && (close_paren[2] == 'T' || close_paren[2] == 't');
 }
 
 }  // namespace detail
@@ -845,8 +860,13 @@ inline void Manager::begin_launch(std::size_t i) {
       output->file_writer = std::make_unique<StreamWriter>(output->file.get());
     }
   }
-  detail::CoreRequest request = detail::ProcessCore::spawn_request(static_cast<std::uint32_t>(i), plan,
-                                                                   std::move(pipes[0].write), std::move(pipes[1].write));
+  detail::CoreRequest request;
+  try {
+    request = detail::ProcessCore::spawn_request(static_cast<std::uint32_t>(i), plan, std::move(pipes[0].write),
+                                                 std::move(pipes[1].write));
+  } catch (const Error& e) {
+    throw Error(e.kind(), "cannot start process " + quote(p.spec.name) + ": " + e.what());
+  }
   Effects fx;
   {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -862,6 +882,7 @@ inline void Manager::begin_launch(std::size_t i) {
     p.stop.reset();
     p.killed = false;
     p.abandoned = false;
+    p.failed = false;
     p.working_directory = plan.working_directory;
     p.spawn_asked = Clock::now();
     ++spawns_in_flight_;
@@ -967,7 +988,10 @@ inline void Manager::after_verified_locked(std::size_t i, bool passed) {
   if (!passed) {
     // A verifier cancelled by the shutdown or another's failure did not fail.
     const bool cancelled = shutdown_begun_ || (startup_failed_ && p.verify_in_pool);
-    if (!cancelled) set_state_locked(i, ProcessState::failed);
+    if (!cancelled) {
+      set_state_locked(i, ProcessState::failed);
+      p.failed = true;
+    }
     return;
   }
   if (p.leader_alive) {
@@ -1023,7 +1047,8 @@ inline void Manager::advance_stop_locked(std::size_t i, Clock::time_point now, E
     if (!group && !daemons) break;
     if (step->signal == SIGKILL) {
       p.killed = true;
-      if (p.stop->plan().steps.size() > 1) {
+      // Not for a graceful time of 0: SIGKILL at once is what was asked for.
+      if (p.stop->plan().steps.size() > 1 && p.stop->plan().steps.front().wait > Clock::duration::zero()) {
         fx.logs.push_back("process " + quote(p.spec.name) + " (pid " + std::to_string(p.pid) +
                           ") did not stop within its graceful time: SIGKILL");
         if (shutdown_begun_) state_ = ManagerState::force_shutdown;
@@ -1100,7 +1125,7 @@ inline void Manager::on_quiet_locked(std::size_t i, Effects& fx) {
   Proc& p = *procs_[i];
   if (p.stop) {
     p.stop.reset();
-    if (p.state == ProcessState::stopping) set_state_locked(i, ProcessState::stopped);
+    if (p.state == ProcessState::stopping) set_state_locked(i, p.failed ? ProcessState::failed : ProcessState::stopped);
   }
   if (shutdown_begun_) {
     // What it depended on may stop now.
@@ -1232,6 +1257,7 @@ inline void Manager::handle_event(const detail::CoreEvent& event, Effects& fx) {
       p.spawn_errno = event.error;
       p.spawn_stage = event.stage;
       set_state_locked(i, ProcessState::failed);
+      p.failed = true;
       if (p.verify_in_pool && !startup_failed_ && !shutdown_begun_) {
         std::string why = std::strerror(event.error);
         if (event.stage == detail::SpawnStage::chdir) {
@@ -1293,7 +1319,7 @@ inline void Manager::on_exited(std::size_t i, const detail::CoreEvent& event) {
   if (config_.messages.process_exit) {
     log("process " + quote(p.spec.name) + " (pid " + std::to_string(pid) + ") exited with code " +
         std::to_string(status.code()) + (status.signaled ? " (" + status.describe() + ")" : ""));
-  } else if (!expected && options_.verbose) {
+  } else if (!expected && options_.verbose && !(status.code() == 0 && !p.daemons.empty())) {
     // Without process.exit (or -v), exits are no output of ours: "By
     // default, no additional output is displayed", as the original says.
     log("process " + quote(p.spec.name) + " (pid " + std::to_string(pid) + ") exited unexpectedly with " + status.describe());
@@ -1351,8 +1377,13 @@ inline void Manager::on_keeper_lost() {
     // left its group before the keeper saw it as a daemon).
     std::vector<pid_t> others;
     for (pid_t pid : detail::processes_with_marker(marker)) {
+      // Members of the groups and the daemons above are not news.
+      const pid_t pgid = ::getpgid(pid);
       ::kill(pid, SIGKILL);
-      others.push_back(pid);
+      const bool known = std::find(groups.begin(), groups.end(), pgid) != groups.end() ||
+                         std::find(killed_daemons.begin(), killed_daemons.end(), pid) != killed_daemons.end() ||
+                         std::find(killed_daemons.begin(), killed_daemons.end(), pgid) != killed_daemons.end();
+      if (!known) others.push_back(pid);
     }
     log("the keeper process (pid " + std::to_string(core_->keeper_pid()) + ") was killed: SIGKILL to " +
         std::to_string(groups.size()) + " process group(s)" + (groups.empty() ? "" : " (" + detail::join_pids(groups) + ")") +
@@ -1402,6 +1433,14 @@ inline void Manager::run_timers(Clock::time_point now, Effects& fx) {
     Proc& p = *procs_[i];
     if (!p.stop || p.stop->due() > now) continue;
     if (p.stop->exhausted(now)) {
+      if (detail::keeper_is_frozen(core_->keeper_pid())) {
+        // Stopped (SIGSTOP) or traced, the keeper serves nothing: end it
+        // ourselves; its end is handled as a lost keeper (kill by mark).
+        fx.logs.push_back("the keeper process (pid " + std::to_string(core_->keeper_pid()) +
+                          ") is stopped and answers nothing: SIGKILL to it");
+        ::kill(core_->keeper_pid(), SIGKILL);
+        continue;
+      }
       fx.logs.push_back("process " + quote(p.spec.name) + " (pid " + std::to_string(p.pid) +
                         ") is still alive after SIGKILL (in uninterruptible sleep?): given up on");
       p.abandoned = true;

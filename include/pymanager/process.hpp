@@ -12,6 +12,7 @@
 #include <cstring>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "pymanager/config.hpp"
@@ -152,8 +153,22 @@ inline LaunchPlan make_launch_plan(const ProcessSpec& spec, const Config& config
     if (std::strncmp(*e, "PYMANAGER_TOKEN=", 16) == 0) continue;
     plan.envp.emplace_back(*e);
   }
-  for (const auto& entry : extra_env) detail::set_env_entry(plan.envp, entry);
-  for (const auto& variable : spec.environment) detail::set_env_entry(plan.envp, variable.first + "=" + variable.second);
+  // Later entries replace earlier ones of the same name; linear, whatever
+  // the number of variables (an index by name, not a search per variable).
+  {
+    std::vector<std::string> additions(extra_env.begin(), extra_env.end());
+    for (const auto& variable : spec.environment) additions.push_back(variable.first + "=" + variable.second);
+    std::unordered_map<std::string, std::size_t> last;  // name -> index in additions
+    for (std::size_t k = 0; k < additions.size(); ++k) last[additions[k].substr(0, additions[k].find('='))] = k;
+    if (!additions.empty()) {
+      plan.envp.erase(std::remove_if(plan.envp.begin(), plan.envp.end(),
+                                     [&](const std::string& e) { return last.count(e.substr(0, e.find('='))) != 0; }),
+                      plan.envp.end());
+      for (std::size_t k = 0; k < additions.size(); ++k) {
+        if (last[additions[k].substr(0, additions[k].find('='))] == k) plan.envp.push_back(std::move(additions[k]));
+      }
+    }
+  }
   // The child's PATH finds its program (as `PATH=... prog` in a shell, and
   // Python's Popen(env=...), do).
   const std::string path_variable = detail::env_value(plan.envp, "PATH");

@@ -19,7 +19,8 @@
 // - stopping: its stop plan runs (stop signal, then SIGKILL).
 // - stopped: stopped on request; nothing of it is left. (Straight from a
 //   running state only when the keeper was killed and took it along.)
-// - failed: it could not be spawned, or its verifier failed.
+// - failed: it could not be spawned, or its verifier failed (it stays
+//   failed after what was left of it is stopped).
 #ifndef PYMANAGER_PROCESS_STATE_HPP
 #define PYMANAGER_PROCESS_STATE_HPP
 
@@ -59,7 +60,7 @@ inline bool transition_allowed(ProcessState from, ProcessState to) {
       /* ready      */ {false, false, false, false, true,  true,  true,  true,  false},
       /* exited     */ {false, true,  false, false, false, true,  true,  true,  false},
       /* daemonized */ {false, false, false, false, true,  false, true,  true,  false},
-      /* stopping   */ {false, false, false, false, false, false, false, true,  false},
+      /* stopping   */ {false, false, false, false, false, false, false, true,  true},
       /* stopped    */ {false, true,  false, false, false, false, false, false, false},
       /* failed     */ {false, true,  false, false, false, false, true,  true,  false},
   };
