@@ -189,12 +189,16 @@ class CliBadInput : public Cli, public ::testing::WithParamInterface<BadInput> {
 TEST_P(CliBadInput, GetsItsExitCodeAndAMessage) {
   const BadInput& input = GetParam();
   if (!input.content.empty()) testutil::write_file(dir_ + "/cfg.json", input.content);
-  if (std::string(input.name) == "fifo") ASSERT_EQ(::mkfifo((dir_ + "/cfg.json").c_str(), 0600), 0);
+  if (std::string(input.name) == "fifo") {
+    ASSERT_EQ(::mkfifo((dir_ + "/cfg.json").c_str(), 0600), 0);
+  }
   auto result = run({"-f", input.file, "-v"}, 60000ms);
   EXPECT_FALSE(result.timed_out);
   EXPECT_EQ(result.exit_code, input.exit_code) << result.err.substr(0, 2000);
   EXPECT_THAT(result.err.substr(0, 4000), HasSubstr(input.message));
-  if (std::string(input.name).rfind("deep", 0) == 0) EXPECT_THAT(result.err, HasSubstr("nested deeper than 64 levels"));
+  if (std::string(input.name).rfind("deep", 0) == 0) {
+    EXPECT_THAT(result.err, HasSubstr("nested deeper than 64 levels"));
+  }
   EXPECT_THAT(result.err, Not(HasSubstr("launching"))) << "something was launched";
   EXPECT_NE(::access((dir_ + "/ran").c_str(), F_OK), 0) << "a process ran";
 }

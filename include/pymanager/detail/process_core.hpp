@@ -98,7 +98,8 @@ inline std::uint64_t process_start_time(pid_t pid) {
 struct CoreRequest {
   KeeperHeader header{};
   std::string payload;
-  UniqueFd fds[2];
+  UniqueFd out_fd;  ///< the child's stdout (and stderr, when err_fd is empty)
+  UniqueFd err_fd;
 };
 
 class ProcessCore {
@@ -133,8 +134,8 @@ class ProcessCore {
                                                std::to_string(kKeeperMaxMessage) + ")");
     }
     request.header = KeeperHeader{KeeperMessage::spawn, id, 0, static_cast<std::int64_t>(request.payload.size())};
-    request.fds[0] = std::move(out);
-    request.fds[1] = std::move(err);
+    request.out_fd = std::move(out);
+    request.err_fd = std::move(err);
     return request;
   }
 
@@ -281,8 +282,8 @@ class ProcessCore {
     msg.msg_iovlen = request.payload.empty() ? 1 : 2;
     int fds[2];
     std::size_t count = 0;
-    for (const auto& fd : request.fds) {
-      if (fd) fds[count++] = fd.get();
+    for (const UniqueFd* fd : {&request.out_fd, &request.err_fd}) {
+      if (*fd) fds[count++] = fd->get();
     }
     alignas(8) char control[CMSG_SPACE(sizeof fds)] = {};
     if (count > 0) {
