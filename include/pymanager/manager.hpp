@@ -196,6 +196,7 @@ class Manager {
   VerifyResult call_verifier(std::size_t i);
   std::string failure_message(std::size_t i, const VerifyResult& result) const;
   void wait_spawned_locked(std::unique_lock<std::mutex>& lock, std::size_t i);
+  std::string spawn_failure_locked(std::size_t i) const;
   void after_verified_locked(std::size_t i, bool passed);
   // Stopping.
   void begin_stop_locked(std::size_t i, StopPlan plan, Effects& fx);
@@ -905,15 +906,19 @@ inline void Manager::wait_spawned_locked(std::unique_lock<std::mutex>& lock, std
     throw Error(ErrorKind::spawn_failed, "cannot start process " + quote(p.spec.name) +
                                              (keeper_gone_ ? ": the keeper process is gone" : ": the keeper did not answer within 30s"));
   }
-  if (p.state == ProcessState::failed) {
-    std::string why = std::strerror(p.spawn_errno);
-    if (p.spawn_stage == detail::SpawnStage::chdir) {
-      why = "working_directory " + p.working_directory + ": " + why;
-    } else if (p.spawn_stage != detail::SpawnStage::exec) {
-      why = std::string(detail::describe_stage(p.spawn_stage)) + ": " + why;
-    }
-    throw Error(ErrorKind::spawn_failed, "cannot start process " + quote(p.spec.name) + " (" + p.spec.executable + "): " + why);
+  if (p.state == ProcessState::failed) throw Error(ErrorKind::spawn_failed, spawn_failure_locked(i));
+}
+
+/// "cannot start process 'web' (./web): exec: ..." from the keeper's answer.
+inline std::string Manager::spawn_failure_locked(std::size_t i) const {
+  const Proc& p = *procs_[i];
+  std::string why = std::strerror(p.spawn_errno);
+  if (p.spawn_stage == detail::SpawnStage::chdir) {
+    why = "working_directory " + p.working_directory + ": " + why;
+  } else if (p.spawn_stage != detail::SpawnStage::exec) {
+    why = std::string(detail::describe_stage(p.spawn_stage)) + ": " + why;
   }
+  return "cannot start process " + quote(p.spec.name) + " (" + p.spec.executable + "): " + why;
 }
 
 inline void Manager::launch_and_verify_now(std::size_t i) {
@@ -1259,14 +1264,8 @@ inline void Manager::handle_event(const detail::CoreEvent& event, Effects& fx) {
       set_state_locked(i, ProcessState::failed);
       p.failed = true;
       if (p.verify_in_pool && !startup_failed_ && !shutdown_begun_) {
-        std::string why = std::strerror(event.error);
-        if (event.stage == detail::SpawnStage::chdir) {
-          why = "working_directory " + p.working_directory + ": " + why;
-        } else if (event.stage != detail::SpawnStage::exec) {
-          why = std::string(detail::describe_stage(event.stage)) + ": " + why;
-        }
         startup_failed_ = true;
-        startup_failure_ = "cannot start process " + quote(p.spec.name) + " (" + p.spec.executable + "): " + why;
+        startup_failure_ = spawn_failure_locked(i);
         startup_failure_kind_ = ErrorKind::spawn_failed;
       }
       update_quiet_locked(i, fx);
