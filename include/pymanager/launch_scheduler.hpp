@@ -5,7 +5,9 @@
 // it, each process waits for the previous one to be verified, exactly as
 // the original ran them. It also knows the order of the shutdown (a process
 // stops only after everything that depends on it has), and runs verifiers
-// on a bounded pool of threads.
+// on a bounded pool of threads. The first failure of a start-up (a spawn or
+// a verifier) is reported to it: from then on nothing new is handed out, and
+// the verifiers still running see themselves cancelled.
 //
 // The scheduler itself is plain data: the Manager calls it under its lock.
 #ifndef PYMANAGER_LAUNCH_SCHEDULER_HPP
@@ -17,11 +19,13 @@
 #include <deque>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "pymanager/config.hpp"
+#include "pymanager/error.hpp"
 
 namespace pymanager {
 inline namespace v1 {
@@ -61,6 +65,7 @@ class LaunchScheduler {
     taken_.assign(size_, false);
     unmet_.assign(size_, 0);
     verified_count_ = 0;
+    failure_.reset();
     ready_.clear();
     for (std::size_t i = 0; i < size_; ++i) {
       unmet_[i] = needs_[i].size();
@@ -75,6 +80,7 @@ class LaunchScheduler {
   /// at most `limit` of them, in file order among those ready together.
   std::vector<std::size_t> take_launchable(std::size_t limit = static_cast<std::size_t>(-1)) {
     std::vector<std::size_t> out;
+    if (failure_) return out;  // nothing new starts after a failure
     while (!ready_.empty() && out.size() < limit) {
       std::size_t i = ready_.front();
       ready_.pop_front();
@@ -102,7 +108,18 @@ class LaunchScheduler {
   }
 
   /// True when take_launchable() would return something.
-  bool has_launchable() const { return !ready_.empty(); }
+  bool has_launchable() const { return !failure_ && !ready_.empty(); }
+
+  /// The start-up failed: a spawn or a verifier (`message` names the
+  /// process). Only the first failure counts; true when this was it.
+  bool report_failure(ErrorKind kind, std::string message) {
+    if (failure_) return false;
+    failure_.emplace(kind, std::move(message));
+    return true;
+  }
+  bool failed() const { return failure_.has_value(); }
+  /// The first failure reported since reset(), if any.
+  const std::optional<Error>& first_failure() const { return failure_; }
 
   bool all_verified() const { return verified_count_ == size_; }
   bool launched(std::size_t i) const { return taken_[i]; }
@@ -170,6 +187,7 @@ class LaunchScheduler {
   std::vector<std::size_t> unmet_;
   std::size_t verified_count_ = 0;
   std::deque<std::size_t> ready_;
+  std::optional<Error> failure_;
 };
 
 /// Runs jobs (verifiers) on at most `max_threads` threads, started as they

@@ -1,0 +1,256 @@
+// pymanager: the event handler: what the process core reports, applied to
+// the process table on the core's event-loop thread. Output goes to the
+// output router without the lock; spawns, exits, groups and daemons change
+// the table (and may advance a stop or the shutdown) under it; a lost
+// keeper is answered by killing, by the owner mark, everything it can no
+// longer kill. Nothing here blocks: logs are written after the lock is
+// released, through writers that never block.
+#ifndef PYMANAGER_DETAIL_EVENT_HANDLER_HPP
+#define PYMANAGER_DETAIL_EVENT_HANDLER_HPP
+
+#include <algorithm>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "pymanager/detail/manager_shared.hpp"
+#include "pymanager/detail/owner_mark.hpp"
+#include "pymanager/detail/process_core.hpp"
+#include "pymanager/process.hpp"
+
+namespace pymanager {
+inline namespace v1 {
+namespace detail {
+
+class EventHandler : public CoreListener {
+ public:
+  explicit EventHandler(ManagerShared& s) : s_(s) {}
+
+  void on_event(const CoreEvent& event) override {
+    using Type = CoreEvent::Type;
+    // Events of ids past the configured processes (a probe's, for example)
+    // are not ours, except daemons no process claims.
+    const bool ours = event.id < s_.table.size();
+    switch (event.type) {
+      case Type::output_bytes:
+        if (ours) s_.output.write_run(*static_cast<RunOutput*>(event.context), event.text);
+        return;
+      case Type::output_line:
+        if (ours) s_.output.deliver(event.id, event.stream, event.text, event.complete);
+        return;
+      case Type::exited:
+        if (ours) on_exited(event.id, event);
+        return;
+      default:
+        break;
+    }
+    CoreEvent copy = event;
+    // Read now, without the lock: the daemon's identity for later.
+    if (copy.type == Type::daemon_adopted) copy.start_time = process_start_time(copy.pid);
+    Effects fx;
+    {
+      std::lock_guard<std::mutex> lock(s_.mutex);
+      if (ours) {
+        apply_locked(copy, fx);
+      } else {
+        orphan_locked(copy, fx);
+      }
+    }
+    s_.changed.notify_all();
+    s_.run(fx);
+  }
+
+  /// The keeper is gone without being asked to go (killed from outside):
+  /// kill what it can no longer kill, and say exactly what was done.
+  void on_keeper_lost() override {
+    std::vector<pid_t> groups;
+    std::vector<std::pair<pid_t, std::uint64_t>> daemons;
+    bool asked;
+    {
+      std::lock_guard<std::mutex> lock(s_.mutex);
+      s_.keeper_gone = true;
+      asked = s_.stopping;
+      for (std::size_t i = 0; i < s_.table.size(); ++i) {
+        if (s_.table[i].group_alive) groups.push_back(s_.table[i].pid);
+      }
+      daemons.assign(s_.daemon_starts.begin(), s_.daemon_starts.end());
+      if (!asked) s_.keeper_lost = true;
+    }
+    if (!asked) {
+      KeeperLossSweep sweep = sweep_after_keeper_loss(groups, daemons, owner_marker(s_.token));
+      s_.log(describe_keeper_loss(s_.core->keeper_pid(), groups, sweep));
+    }
+    Effects fx;
+    {
+      std::lock_guard<std::mutex> lock(s_.mutex);
+      s_.stops.drop_all();
+      for (std::size_t i = 0; i < s_.table.size(); ++i) {
+        ProcRecord& p = s_.table[i];
+        // Its children died with it, by SIGKILL.
+        if (p.leader_alive && !p.exit) p.exit = ExitStatus{true, SIGKILL};
+        p.leader_alive = p.group_alive = p.spawn_pending = false;
+        p.daemons.clear();
+        s_.stops.update_quiet(i, fx);
+        switch (p.state) {
+          case ProcessState::starting:
+          case ProcessState::verifying:
+          case ProcessState::ready:
+          case ProcessState::daemonized:
+          case ProcessState::stopping:
+            s_.table.set_state(i, ProcessState::stopped);
+            break;
+          default:
+            break;
+        }
+      }
+      s_.daemon_starts.clear();
+      s_.orphans.clear();
+      s_.spawns_in_flight = 0;
+      s_.shutdown_locked(true, fx);
+    }
+    s_.run(fx);
+  }
+
+  /// Stop plan steps that are due, the drop notices; when to come back.
+  Clock::time_point on_tick(Clock::time_point now) override {
+    Effects fx;
+    Clock::time_point next;
+    {
+      std::lock_guard<std::mutex> lock(s_.mutex);
+      next = s_.stops.run_timers(now, fx);
+    }
+    s_.changed.notify_all();
+    s_.run(fx);
+    s_.output.service();
+    return next;
+  }
+
+ private:
+  /// A daemon whose environment no longer says where it came from.
+  void orphan_locked(const CoreEvent& event, Effects& fx) {
+    if (event.type == CoreEvent::Type::daemon_adopted) {
+      s_.orphans.push_back(event.pid);
+      s_.daemon_starts[event.pid] = event.start_time;
+      if (s_.options.verbose) {
+        fx.logs.push_back("adopted pid " + std::to_string(event.pid) + ", which no process claims (its environment was cleared)");
+      }
+    } else if (event.type == CoreEvent::Type::daemon_gone) {
+      s_.orphans.erase(std::remove(s_.orphans.begin(), s_.orphans.end(), event.pid), s_.orphans.end());
+      s_.daemon_starts.erase(event.pid);
+    }
+  }
+
+  /// One event of process event.id (except exits: on_exited).
+  void apply_locked(const CoreEvent& event, Effects& fx) {
+    using Type = CoreEvent::Type;
+    const std::size_t i = event.id;
+    ProcRecord& p = s_.table[i];
+    switch (event.type) {
+      case Type::spawned:
+        p.pid = event.pid;
+        p.leader_alive = true;
+        p.group_alive = true;
+        p.spawn_pending = false;
+        --s_.spawns_in_flight;
+        ++p.launches;
+        s_.scheduler.mark_started(i);
+        if (p.spec.verifier) {
+          s_.table.set_state(i, ProcessState::verifying);
+          if (p.verify_in_pool && !p.stop) s_.to_verify.push_back(i);
+        } else {
+          s_.table.set_state(i, ProcessState::ready);
+          s_.scheduler.mark_verified(i);
+        }
+        s_.stops.update_quiet(i, fx);
+        s_.stops.on_spawned(i, fx);
+        break;
+      case Type::spawn_failed:
+        p.spawn_pending = false;
+        --s_.spawns_in_flight;
+        p.spawn_errno = event.error;
+        p.spawn_stage = event.stage;
+        s_.table.set_state(i, ProcessState::failed);
+        p.failed = true;
+        if (p.verify_in_pool && !s_.stops.shutdown_begun()) {
+          s_.scheduler.report_failure(ErrorKind::spawn_failed, spawn_failure_message(p));
+        }
+        s_.stops.update_quiet(i, fx);
+        break;
+      case Type::group_empty:
+        p.group_alive = false;
+        s_.stops.update_quiet(i, fx);
+        break;
+      case Type::daemon_adopted:
+        if (std::find(p.daemons.begin(), p.daemons.end(), event.pid) == p.daemons.end()) p.daemons.push_back(event.pid);
+        s_.daemon_starts[event.pid] = event.start_time;
+        if (s_.options.verbose) fx.logs.push_back("process " + quote(p.spec.name) + " left daemon pid " + std::to_string(event.pid));
+        if (p.state == ProcessState::exited) s_.table.set_state(i, ProcessState::daemonized);
+        s_.stops.update_quiet(i, fx);
+        s_.stops.on_daemon_adopted(i, fx);
+        break;
+      case Type::daemon_gone:
+        p.daemons.erase(std::remove(p.daemons.begin(), p.daemons.end(), event.pid), p.daemons.end());
+        s_.daemon_starts.erase(event.pid);
+        if (s_.options.verbose) {
+          fx.logs.push_back("daemon pid " + std::to_string(event.pid) + " of " + quote(p.spec.name) + " is gone");
+        }
+        if (p.state == ProcessState::daemonized && p.daemons.empty()) s_.table.set_state(i, ProcessState::exited);
+        s_.stops.update_quiet(i, fx);
+        s_.end_if_all_exited_locked(fx);
+        break;
+      default:
+        break;
+    }
+  }
+
+  /// The main process of i exited: log, record, tell on_exit.
+  void on_exited(std::size_t i, const CoreEvent& event) {
+    ProcRecord& p = s_.table[i];
+    const ExitStatus status = ExitStatus::from_wait_status(event.wait_status);
+    bool expected;
+    pid_t pid;
+    bool daemons;
+    {
+      std::lock_guard<std::mutex> lock(s_.mutex);
+      expected = p.exit_expected || s_.stops.shutdown_begun();
+      pid = p.pid;
+      daemons = !p.daemons.empty();
+    }
+    // Logged before anyone waiting for the exit can see it, so that the
+    // messages come in the order things happened.
+    const std::string who = "process " + quote(p.spec.name) + " (pid " + std::to_string(pid) + ") exited ";
+    if (s_.config.messages.process_exit) {
+      s_.log(who + "with code " + std::to_string(status.code()) + (status.signaled ? " (" + status.describe() + ")" : ""));
+    } else if (!expected && s_.options.verbose && !(status.code() == 0 && daemons)) {
+      // Without process.exit (or -v), exits are no output of ours: "By
+      // default, no additional output is displayed", as the original says.
+      s_.log(who + "unexpectedly with " + status.describe());
+    }
+    ProcessInfo info;
+    Effects fx;
+    {
+      std::lock_guard<std::mutex> lock(s_.mutex);
+      p.leader_alive = false;
+      p.exit = status;
+      if (p.state == ProcessState::ready) {
+        s_.table.set_state(i, p.daemons.empty() ? ProcessState::exited : ProcessState::daemonized);
+      }
+      info = s_.table.info(i, s_.scheduler);
+      s_.stops.update_quiet(i, fx);
+      s_.end_if_all_exited_locked(fx);
+    }
+    s_.changed.notify_all();
+    s_.run(fx);
+    if (s_.options.on_exit) s_.options.on_exit(info, expected);
+  }
+
+  ManagerShared& s_;
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace pymanager
+
+#endif  // PYMANAGER_DETAIL_EVENT_HANDLER_HPP
