@@ -13,6 +13,8 @@
 #include <chrono>
 #include <future>
 #include <mutex>
+#include <sstream>
+#include <iterator>
 #include <string>
 #include <thread>
 #include <vector>
@@ -522,9 +524,14 @@ TEST_F(Api, AStatusReadIsServedWhileSlowRestartsRun) {
   std::string processes;
   for (int i = 0; i < 12; ++i) {
     processes += std::string(i ? ", " : "") + "\"p" + std::to_string(i) +
-                 R"(": {"executable": "sh", "arguments": ["-c", "trap 'while [ ! -e go ]; do sleep 0.01; done; exit 0' TERM; while :; do sleep 0.05; done"]})";
+                 R"(": {"executable": "sh", "arguments": ["-c", "trap 'while [ ! -e go ]; do sleep 0.01; done; exit 0' TERM; echo $$ >> trapped; while :; do sleep 0.05; done"]})";
   }
   start(processes, R"("keep-alive": true, "restart-graceful-time": 600)");
+  // A SIGTERM before the trap is set would end a process at once.
+  ASSERT_TRUE(wait_until([&] {
+    std::istringstream in(testutil::read_file(dir_ + "/trapped"));
+    return std::distance(std::istream_iterator<std::string>(in), std::istream_iterator<std::string>()) == 12;
+  }));
   std::vector<std::future<std::pair<int, json>>> restarts;
   for (int i = 0; i < 12; ++i) {
     restarts.push_back(std::async(std::launch::async, [this, i] { return call("POST", "/restart/p" + std::to_string(i)); }));
@@ -541,7 +548,10 @@ TEST_F(Api, AStatusReadIsServedWhileSlowRestartsRun) {
   auto answer = call("GET", "/");
   EXPECT_EQ(answer.first, 200);
   EXPECT_EQ(call("GET", "/status").first, 200);
-  for (auto& r : restarts) EXPECT_EQ(r.wait_for(0s), std::future_status::timeout) << "a restart ended before the test let it";
+  for (auto& r : restarts) {
+    const bool ended = r.wait_for(0s) == std::future_status::ready;
+    EXPECT_FALSE(ended) << "a restart ended before the test let it: " << (ended ? r.get().second.dump() : "");
+  }
   testutil::write_file(dir_ + "/go", "");
   for (auto& r : restarts) {
     ASSERT_EQ(r.wait_for(60s), std::future_status::ready);

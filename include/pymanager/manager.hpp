@@ -41,6 +41,7 @@
 #include "pymanager/detail/event_handler.hpp"
 #include "pymanager/detail/launcher.hpp"
 #include "pymanager/detail/manager_shared.hpp"
+#include "pymanager/detail/probe_runner.hpp"
 #include "pymanager/detail/process_core.hpp"
 #include "pymanager/error.hpp"
 #include "pymanager/launch_scheduler.hpp"
@@ -123,6 +124,14 @@ class Manager {
   void signal_process(std::size_t index, int sig);
   /// SIGKILL to the process's group and daemons; returns once they are gone.
   void kill_process(std::size_t index);
+
+  /// Runs a short command through the keeper (in its own process group,
+  /// with the children's environment and this manager's mark) until it ends
+  /// or `deadline` passes (then it is killed: `timed_out`). Whatever it left
+  /// in its group or as daemons is killed when it ends. Ends early, as
+  /// `cancelled`, once shutdown begins. Verifiers get the same through
+  /// VerifyContext::run_probe. Any thread.
+  ProbeResult run_probe(const ProbeCommand& command, Clock::time_point deadline);
 
 
  private:
@@ -358,6 +367,10 @@ inline void Manager::kill_process(std::size_t index) {
   std::unique_lock<std::mutex> lock(s_.mutex);
   if (s_.table[index].quiet || s_.stops.shutdown_begun()) return;
   stop_and_wait(index, StopPlan::kill_now(), lock);
+}
+
+inline ProbeResult Manager::run_probe(const ProbeCommand& command, Clock::time_point deadline) {
+  return detail::ProbeRunner(s_).run(command, deadline, [this] { return s_.stops.shutdown_begun(); });
 }
 
 // ------------------------------------------------------------------ stops

@@ -12,6 +12,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -68,6 +69,32 @@ enum class MessageCategory {
 
 /// What a verifier sees of the world. Implemented by the Manager; every wait
 /// ends early when shutdown begins.
+/// A short command run on a verifier's behalf (a probe: `pg_isready`, a
+/// health script). The keeper spawns it in a process group of its own, with
+/// the manager's environment and its mark; whatever of it is left when it
+/// ends (or at the deadline) is killed.
+struct ProbeCommand {
+  /// argv[0]: a path (relative to the base directory) or a name found in PATH.
+  std::vector<std::string> argv;
+  /// Relative to the base directory; default: the base directory.
+  std::optional<std::string> working_directory;
+  /// Added to the environment (replacing variables of the same name).
+  std::vector<std::pair<std::string, std::string>> environment;
+  /// At most this many bytes of its output (stdout and stderr) are kept.
+  std::size_t output_limit = 64 * 1024;
+};
+
+struct ProbeResult {
+  /// Its exit; nullopt when it could not be started (`error`), or did not
+  /// end by the deadline (`timed_out`: it was killed) or was cancelled.
+  std::optional<ExitStatus> exit;
+  bool timed_out = false;
+  bool cancelled = false;  ///< shutdown began or the start-up failed meanwhile
+  std::string output;      ///< stdout and stderr as they came, at most output_limit bytes
+  bool truncated = false;  ///< more output than output_limit
+  std::string error;       ///< why it could not be started (or run)
+};
+
 class VerifyContext {
  public:
   virtual ~VerifyContext() = default;
@@ -84,6 +111,16 @@ class VerifyContext {
   /// True once shutdown has begun: stop and return a failure.
   virtual bool cancelled() const = 0;
   virtual void log(MessageCategory category, const std::string& message) = 0;
+  /// Runs `command` to its end or until `deadline` (then kills it); ends
+  /// early when the verifier is cancelled. Contexts that cannot run commands
+  /// say so in the result's `error`.
+  virtual ProbeResult run_probe(const ProbeCommand& command, Clock::time_point deadline) {
+    (void)command;
+    (void)deadline;
+    ProbeResult result;
+    result.error = "commands cannot be run from this verifier context";
+    return result;
+  }
 };
 
 struct VerifyResult {

@@ -8,6 +8,8 @@
 #ifndef PYMANAGER_DETAIL_EVENT_HANDLER_HPP
 #define PYMANAGER_DETAIL_EVENT_HANDLER_HPP
 
+#include <signal.h>
+
 #include <algorithm>
 #include <cstdint>
 #include <mutex>
@@ -17,6 +19,7 @@
 
 #include "pymanager/detail/manager_shared.hpp"
 #include "pymanager/detail/owner_mark.hpp"
+#include "pymanager/detail/probe_table.hpp"
 #include "pymanager/detail/process_core.hpp"
 #include "pymanager/process.hpp"
 
@@ -30,8 +33,12 @@ class EventHandler : public CoreListener {
 
   void on_event(const CoreEvent& event) override {
     using Type = CoreEvent::Type;
-    // Events of ids past the configured processes (a probe's, for example)
-    // are not ours, except daemons no process claims.
+    const bool probe = ProbeTable::is_probe(event.id);
+    if (probe && event.type != Type::daemon_adopted && event.type != Type::daemon_gone) {
+      on_probe_event(event);
+      return;
+    }
+    // A probe's daemons, and daemons no process claims, are orphans.
     const bool ours = event.id < s_.table.size();
     switch (event.type) {
       case Type::output_bytes:
@@ -56,6 +63,11 @@ class EventHandler : public CoreListener {
         apply_locked(copy, fx);
       } else {
         orphan_locked(copy, fx);
+        // A daemon a probe left, adopted after the probe ended: killed too.
+        const ProbeRun* run = probe ? s_.probes.find(copy.id) : nullptr;
+        if (probe && copy.type == Type::daemon_adopted && (run == nullptr || run->ended)) {
+          s_.core->signal_daemons(copy.id, SIGKILL);
+        }
       }
     }
     s_.changed.notify_all();
@@ -107,6 +119,7 @@ class EventHandler : public CoreListener {
       }
       s_.daemon_starts.clear();
       s_.orphans.clear();
+      s_.probes.end_all();
       s_.spawns_in_flight = 0;
       s_.shutdown_locked(true, fx);
     }
@@ -128,6 +141,43 @@ class EventHandler : public CoreListener {
   }
 
  private:
+  /// An event of a probe (detail/probe_runner.hpp waits for it).
+  void on_probe_event(const CoreEvent& event) {
+    using Type = CoreEvent::Type;
+    if (event.type == Type::output_line) return;  // a probe's output is kept as bytes
+    {
+      std::lock_guard<std::mutex> lock(s_.mutex);
+      ProbeRun* run = s_.probes.find(event.id);
+      if (run == nullptr) return;
+      switch (event.type) {
+        case Type::output_bytes:
+          ProbeTable::append(*run, event.text);
+          return;  // nobody waits for output alone
+        case Type::spawned:
+          run->spawned = true;
+          run->pid = event.pid;
+          run->group_alive = true;
+          break;
+        case Type::spawn_failed:
+          run->spawn_errno = event.error;
+          run->spawn_stage = event.stage;
+          run->ended = true;
+          break;
+        case Type::exited:
+          run->exit = ExitStatus::from_wait_status(event.wait_status);
+          run->ended = true;
+          break;
+        case Type::group_empty:
+          run->group_alive = false;
+          break;
+        default:
+          break;
+      }
+      s_.probes.release_if_done(event.id);
+    }
+    s_.changed.notify_all();
+  }
+
   /// A daemon whose environment no longer says where it came from.
   void orphan_locked(const CoreEvent& event, Effects& fx) {
     if (event.type == CoreEvent::Type::daemon_adopted) {

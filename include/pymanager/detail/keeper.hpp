@@ -412,6 +412,10 @@ struct KeeperState {
   std::size_t reaped_count = 0;
 
   bool look_wanted = false;
+  /// The last look met a child with no environment and no command line: in
+  /// the middle of an exec, it is looked at again (see keeper_owner_of).
+  bool deferred = false;
+  std::int64_t deferred_since_ms = 0;  ///< 0: no child deferred
   bool no_children_file = false;  ///< the kernel lacks CONFIG_PROC_CHILDREN: scan /proc
   std::int64_t last_look_ms = 0;
   std::int64_t look_interval_ms = 0;  ///< kKeeperLookIntervalMs, more when a look is slow
@@ -432,6 +436,11 @@ struct KeeperState {
 /// the look that follows it (a teardown of 10 services would wait 10 ms for
 /// a 10 ms floor); the cost factor below spaces out the expensive looks.
 constexpr std::int64_t kKeeperLookIntervalMs = 0;
+/// A child whose environment and command line read empty is in the middle
+/// of an exec (the kernel has switched its memory but not yet placed them):
+/// it is looked at again, every millisecond, for at most this long before
+/// it counts as a daemon with no owner.
+constexpr std::int64_t kKeeperExecWindowMs = 50;
 /// ... and waits at least this many times as long as the last look took: the
 /// kernel restarts its walk of the children list at every 4 KB read, so a
 /// look costs about 10 ms with 10,000 children, and looks must not take
@@ -626,10 +635,25 @@ inline bool keeper_owner_of(KeeperState& k, pid_t pid, std::uint32_t& owner) noe
   ::close(fd);
   owner = matcher.finish();
   if (total > 0) return true;
-  // An empty environment: `env -i`, or a zombie (it has no memory left).
+  // An empty environment: `env -i`, a zombie (it has no memory left), or a
+  // process in the middle of an exec, whose command line is empty too.
   char state = 0;
   long parent = 0;
-  return keeper_read_stat(k, pid, state, parent) && state != 'Z';
+  if (!keeper_read_stat(k, pid, state, parent) || state == 'Z') return false;
+  keeper_format_pid(k.path_buffer, "/proc/", pid, "/cmdline");
+  fd = ::open(k.path_buffer, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return errno != ENOENT && errno != ESRCH;
+  ssize_t n;
+  do {
+    n = ::read(fd, k.environ_buffer, 1);
+  } while (n < 0 && errno == EINTR);
+  ::close(fd);
+  const bool within = k.deferred_since_ms == 0 || keeper_now_ms() - k.deferred_since_ms < kKeeperExecWindowMs;
+  if (n == 0 && within) {
+    k.deferred = true;
+    return false;
+  }
+  return true;
 }
 
 /// A child we did not know: record it as a daemon and tell the manager.
@@ -647,11 +671,20 @@ inline void keeper_consider_child(KeeperState& k, pid_t pid) noexcept {
 
 inline void keeper_look_for_daemons(KeeperState& k) noexcept {
   k.look_wanted = false;
+  k.deferred = false;
   const std::int64_t start = keeper_now_us();
   keeper_for_each_child(k, [&k](pid_t pid) { keeper_consider_child(k, pid); });
   const std::int64_t end = keeper_now_us();
   k.last_look_ms = end / 1000;
   k.look_interval_ms = std::max(kKeeperLookIntervalMs, (end - start) * kKeeperLookCostFactor / 1000);
+  if (k.deferred) {
+    // A child in the middle of an exec: another look in a millisecond.
+    if (k.deferred_since_ms == 0) k.deferred_since_ms = k.last_look_ms;
+    k.look_wanted = true;
+    k.look_interval_ms = std::max<std::int64_t>(k.look_interval_ms, 1);
+  } else {
+    k.deferred_since_ms = 0;
+  }
 }
 
 inline void keeper_signal_daemons(KeeperState& k, std::uint32_t id, int sig) noexcept {

@@ -23,6 +23,7 @@
 
 #include "pymanager/detail/fd.hpp"
 #include "pymanager/detail/manager_shared.hpp"
+#include "pymanager/detail/probe_runner.hpp"
 #include "pymanager/error.hpp"
 #include "pymanager/launch_scheduler.hpp"
 #include "pymanager/process.hpp"
@@ -75,6 +76,9 @@ class VerifierContext : public VerifyContext {
   bool cancelled() const override {
     std::lock_guard<std::mutex> lock(s_.mutex);
     return cancelled_locked();
+  }
+  ProbeResult run_probe(const ProbeCommand& command, Clock::time_point deadline) override {
+    return ProbeRunner(s_).run(command, deadline, [this] { return cancelled_locked(); });
   }
   void log(MessageCategory category, const std::string& message) override {
     const auto& messages = s_.config.messages;

@@ -25,6 +25,7 @@
 #include "pymanager/config.hpp"
 #include "pymanager/detail/output_router.hpp"
 #include "pymanager/detail/owner_mark.hpp"
+#include "pymanager/detail/probe_table.hpp"
 #include "pymanager/detail/process_core.hpp"
 #include "pymanager/detail/process_table.hpp"
 #include "pymanager/detail/stop_controller.hpp"
@@ -93,6 +94,7 @@ struct ManagerShared {
   ProcessTable table;
   LaunchScheduler scheduler;
   StopController stops;
+  ProbeTable probes;  ///< probe commands in flight (run_probe)
   ManagerState phase = ManagerState::booting;  ///< booting, launching or running
   bool stopping = false;  ///< the destructor asks the event thread to end
   bool keeper_gone = false;
