@@ -195,8 +195,8 @@ inline pymanager::Config sleepers(int n, bool depends_on) {
   std::string processes;
   for (int i = 0; i < n; ++i) {
     processes += std::string(i ? "," : "") + "\"s" + std::to_string(i) +
-                 R"(": {"executable": "/bin/sleep", "arguments": ["1000"])" + (depends_on ? ", \"depends_on\": []" : "") +
-                 "}";
+                 R"(": {"executable": "/bin/sleep", "arguments": ["1000"])" +
+                 (depends_on ? R"(, "depends_on": [])" : "") + "}";
   }
   return config_of("{\"processes\": {" + processes + "}}");
 }
