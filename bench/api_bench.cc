@@ -24,25 +24,18 @@
 #include <thread>
 #include <vector>
 
+#include "bench/bench_util.hpp"
 #include "pymanager/pymanager.hpp"
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double ms_since(Clock::time_point start) { return std::chrono::duration<double, std::milli>(Clock::now() - start).count(); }
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
+using bench::Clock;
+using bench::median;
+using bench::ms_since;
 
 int connect_to(int port) {
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  sockaddr_in addr = bench::loopback(port);
   if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
     std::perror("connect");
     std::exit(1);
@@ -97,9 +90,7 @@ class Responder {
  public:
   explicit Responder(std::size_t body_size) : body_(body_size, 'x') {
     fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    sockaddr_in addr = bench::loopback();
     socklen_t len = sizeof addr;
     ::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
     ::listen(fd_, 64);
@@ -149,12 +140,6 @@ class Responder {
   std::vector<std::thread> workers_;
 };
 
-pymanager::ManagerOptions quiet() {
-  pymanager::ManagerOptions options;
-  options.log = [](const std::string&) {};
-  return options;
-}
-
 std::string processes_text(int n) {
   std::string text = R"({"modules": {"pymutils.exited_verifier": {"verifiers": ["ExitedVerifier"]}}, "processes": {)";
   for (int i = 0; i < n; ++i) {
@@ -171,11 +156,10 @@ int main(int argc, char** argv) {
   const int requests = argc > 1 ? std::max(100, std::atoi(argv[1])) : 5000;
   const int clients = 4;
 
-  auto config = pymanager::parse_config(nlohmann::ordered_json::parse(R"({"keep-alive": true, "processes": {
+  auto config = bench::config_of(R"({"keep-alive": true, "processes": {
       "web": {"executable": "/bin/sleep", "arguments": ["1000"]},
-      "db": {"executable": "/bin/sleep", "arguments": ["1000"]}}})"),
-                                        pymanager::builtin_verifiers());
-  pymanager::Manager manager(config, quiet());
+      "db": {"executable": "/bin/sleep", "arguments": ["1000"]}}})");
+  pymanager::Manager manager(config, bench::quiet());
   manager.start();
   pymanager::HttpApiOptions api_options;
   api_options.port = 0;

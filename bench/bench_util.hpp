@@ -1,5 +1,6 @@
 // What the benchmarks share: clocks, medians, the hand-written floor's
-// spawn, loopback ports, the helper programs next to the benchmark.
+// spawn and stop, loopback ports, the helper programs next to the benchmark,
+// a Manager's phases timed apart, the rows of the ratio tables.
 #ifndef PYMANAGER_BENCH_BENCH_UTIL_HPP
 #define PYMANAGER_BENCH_BENCH_UTIL_HPP
 
@@ -20,6 +21,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "pymanager/pymanager.hpp"
@@ -94,12 +96,45 @@ inline void reap(pid_t pid) {
   }
 }
 
+/// The floor's stop: SIGTERM to each, then waitpid of all.
+inline void stop_all(const std::vector<pid_t>& pids) {
+  for (pid_t p : pids) ::kill(p, SIGTERM);
+  for (pid_t p : pids) reap(p);
+}
+
+/// How long the two halves of bringing processes up and down took.
+struct UpDown {
+  double start_ms = 0, stop_ms = 0;
+};
+
+/// The floor for n sleeps: spawn() of n `/bin/sleep 1000` (start_ms), then
+/// stop_all() of them (stop_ms).
+inline UpDown floor_sleepers(int n) {
+  UpDown result;
+  std::vector<pid_t> pids;
+  pids.reserve(static_cast<std::size_t>(n));
+  auto start = Clock::now();
+  for (int i = 0; i < n; ++i) pids.push_back(spawn({"/bin/sleep", "1000"}));
+  result.start_ms = ms_since(start);
+  start = Clock::now();
+  stop_all(pids);
+  result.stop_ms = ms_since(start);
+  return result;
+}
+
+/// 127.0.0.1:`port` (0: the kernel picks one at bind).
+inline sockaddr_in loopback(int port = 0) {
+  sockaddr_in addr {};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<unsigned short>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  return addr;
+}
+
 /// A loopback port that was free a moment ago.
 inline int free_port() {
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in addr {};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  sockaddr_in addr = loopback();
   socklen_t len = sizeof addr;
   if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
       ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
@@ -112,10 +147,7 @@ inline int free_port() {
 
 inline bool accepts(int port) {
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in addr {};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<unsigned short>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  sockaddr_in addr = loopback(port);
   bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
   ::close(fd);
   return ok;
@@ -155,6 +187,42 @@ inline void shut_down(pymanager::Manager& manager) {
     std::fprintf(stderr, "bench: the Manager did not finish its shutdown within 120 s\n");
     std::exit(1);
   }
+}
+
+/// `n` sleeps named s0, s1, ... (`depends_on`: each with "depends_on": [],
+/// so that all start at once).
+inline pymanager::Config sleepers(int n, bool depends_on) {
+  std::string processes;
+  for (int i = 0; i < n; ++i) {
+    processes += std::string(i ? "," : "") + "\"s" + std::to_string(i) +
+                 R"(": {"executable": "/bin/sleep", "arguments": ["1000"])" +
+                 (depends_on ? R"(, "depends_on": [])" : "") + "}";
+  }
+  return config_of("{\"processes\": {" + processes + "}}");
+}
+
+/// How long each phase of a Manager's life took.
+struct Phases {
+  double construct_ms = 0;  ///< the constructor (it starts the keeper)
+  double start_ms = 0;      ///< start(): every process launched and verified
+  double stop_ms = 0;       ///< shut_down(): shutdown() and wait_finished()
+};
+
+/// A quiet() Manager over `config`: constructed, started and shut down, each
+/// phase timed apart. Lets a pymanager::Error of the constructor or of
+/// start() through.
+inline Phases manager_phases(pymanager::Config config) {
+  Phases phases;
+  auto start = Clock::now();
+  pymanager::Manager manager(std::move(config), quiet());
+  phases.construct_ms = ms_since(start);
+  start = Clock::now();
+  manager.start();
+  phases.start_ms = ms_since(start);
+  start = Clock::now();
+  shut_down(manager);
+  phases.stop_ms = ms_since(start);
+  return phases;
 }
 
 inline void row(const char* what, double floor, double ours) {

@@ -6,8 +6,6 @@
 // which returns once the exec succeeded, as the keeper's spawn does.
 //
 //   bazel run -c opt //bench:lifecycle_bench -- [rounds]
-#include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -16,6 +14,7 @@
 #include <cstdlib>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "bench/bench_util.hpp"
@@ -28,58 +27,23 @@ using bench::ms_since;
 
 constexpr int kServiceDelayMs = 100;
 
-const std::string& sleep_program() {
-  static const std::string path = "/bin/sleep";
-  return path;
-}
-
 // ---- up+down of N processes ------------------------------------------------
 
 double floor_up_down(int n) {
-  auto start = Clock::now();
-  std::vector<pid_t> pids;
-  for (int i = 0; i < n; ++i) pids.push_back(bench::spawn({sleep_program(), "1000"}));
-  for (pid_t p : pids) ::kill(p, SIGTERM);
-  for (pid_t p : pids) bench::reap(p);
-  return ms_since(start);
-}
-
-pymanager::Config sleepers(int n, bool depends_on) {
-  std::string processes;
-  for (int i = 0; i < n; ++i) {
-    processes += std::string(i ? "," : "") + "\"s" + std::to_string(i) + "\": {\"executable\": \"" + sleep_program() +
-                 "\", \"arguments\": [\"1000\"]" + (depends_on ? ", \"depends_on\": []" : "") + "}";
-  }
-  return bench::config_of("{\"processes\": {" + processes + "}}");
+  bench::UpDown f = bench::floor_sleepers(n);
+  return f.start_ms + f.stop_ms;
 }
 
 double manager_up_down(int n) {
-  auto config = sleepers(n, false);
-  auto start = Clock::now();
-  pymanager::Manager manager(config, bench::quiet());
-  manager.start();
-  bench::shut_down(manager);
-  return ms_since(start);
+  bench::Phases m = bench::manager_phases(bench::sleepers(n, false));
+  return m.construct_ms + m.start_ms + m.stop_ms;
 }
 
 // ---- teardown of N services --------------------------------------------------
 
-double floor_teardown(int n) {
-  std::vector<pid_t> pids;
-  for (int i = 0; i < n; ++i) pids.push_back(bench::spawn({sleep_program(), "1000"}));
-  auto start = Clock::now();
-  for (pid_t p : pids) ::kill(p, SIGTERM);
-  for (pid_t p : pids) bench::reap(p);
-  return ms_since(start);
-}
+double floor_teardown(int n) { return bench::floor_sleepers(n).stop_ms; }
 
-double manager_teardown(int n) {
-  pymanager::Manager manager(sleepers(n, false), bench::quiet());
-  manager.start();
-  auto start = Clock::now();
-  bench::shut_down(manager);
-  return ms_since(start);
-}
+double manager_teardown(int n) { return bench::manager_phases(bench::sleepers(n, false)).stop_ms; }
 
 // ---- exit of a one-shot step, seen by ExitedVerifier --------------------------
 
@@ -90,17 +54,12 @@ double floor_true() {
 }
 
 double manager_exited_verifier() {
-  auto config = bench::config_of(R"({
+  return bench::manager_phases(bench::config_of(R"({
     "modules": {"pymutils.exited_verifier": {"verifiers": ["ExitedVerifier"]}},
     "keep-alive": true,
     "processes": {"t": {"executable": "/bin/true", "arguments": [],
-                        "verifier": {"type": "pymutils.exited_verifier.ExitedVerifier"}}}})");
-  pymanager::Manager manager(config, bench::quiet());
-  auto start = Clock::now();
-  manager.start();
-  double ms = ms_since(start);
-  bench::shut_down(manager);
-  return ms;
+                        "verifier": {"type": "pymutils.exited_verifier.ExitedVerifier"}}}})"))
+      .start_ms;
 }
 
 // ---- exit seen as an event, from the child's own clock -------------------------
@@ -179,30 +138,20 @@ std::vector<pid_t> start_by_hand(const std::vector<int>& ports) {
   return pids;
 }
 
-void stop_by_hand(const std::vector<pid_t>& pids) {
-  for (pid_t p : pids) ::kill(p, SIGTERM);
-  for (pid_t p : pids) bench::reap(p);
-}
-
 double floor_parallel(int n) {
   std::vector<int> ports;
   for (int i = 0; i < n; ++i) ports.push_back(bench::free_port());
   auto start = Clock::now();
   auto pids = start_by_hand(ports);
   double ms = ms_since(start);
-  stop_by_hand(pids);
+  bench::stop_all(pids);
   return ms;
 }
 
 double manager_parallel(int n, const std::string& interval) {
   std::vector<std::string> processes;
   for (int i = 0; i < n; ++i) processes.push_back(service("s" + std::to_string(i), bench::free_port(), "[]", interval));
-  pymanager::Manager manager(services(processes), bench::quiet());
-  auto start = Clock::now();
-  manager.start();
-  double ms = ms_since(start);
-  bench::shut_down(manager);
-  return ms;
+  return bench::manager_phases(services(processes)).start_ms;
 }
 
 /// The diamond by hand: db; once it accepts, api and worker together; once
@@ -214,7 +163,7 @@ double floor_diamond() {
   for (pid_t p : start_by_hand({api, worker})) pids.push_back(p);
   for (pid_t p : start_by_hand({web})) pids.push_back(p);
   double ms = ms_since(start);
-  stop_by_hand(pids);
+  bench::stop_all(pids);
   return ms;
 }
 
@@ -223,12 +172,7 @@ double manager_diamond(const std::string& interval) {
                           service("api", bench::free_port(), "[\"db\"]", interval),
                           service("worker", bench::free_port(), "[\"db\"]", interval),
                           service("web", bench::free_port(), "[\"api\", \"worker\"]", interval)});
-  pymanager::Manager manager(config, bench::quiet());
-  auto start = Clock::now();
-  manager.start();
-  double ms = ms_since(start);
-  bench::shut_down(manager);
-  return ms;
+  return bench::manager_phases(std::move(config)).start_ms;
 }
 
 }  // namespace

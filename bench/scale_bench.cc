@@ -28,41 +28,6 @@ using bench::ms_since;
 
 // ---- N sleep children ------------------------------------------------------------
 
-struct UpDown {
-  double start_ms = 0, stop_ms = 0;
-};
-
-UpDown floor_sleepers(int n) {
-  UpDown result;
-  std::vector<pid_t> pids;
-  pids.reserve(static_cast<std::size_t>(n));
-  auto start = Clock::now();
-  for (int i = 0; i < n; ++i) pids.push_back(bench::spawn({"/bin/sleep", "1000"}));
-  result.start_ms = ms_since(start);
-  start = Clock::now();
-  for (pid_t p : pids) ::kill(p, SIGTERM);
-  for (pid_t p : pids) bench::reap(p);
-  result.stop_ms = ms_since(start);
-  return result;
-}
-
-UpDown manager_sleepers(int n) {
-  std::string processes;
-  for (int i = 0; i < n; ++i) {
-    processes += std::string(i ? "," : "") + "\"s" + std::to_string(i) +
-                 R"(": {"executable": "/bin/sleep", "arguments": ["1000"], "depends_on": []})";
-  }
-  pymanager::Manager manager(bench::config_of("{\"processes\": {" + processes + "}}"), bench::quiet());
-  UpDown result;
-  auto start = Clock::now();
-  manager.start();
-  result.start_ms = ms_since(start);
-  start = Clock::now();
-  bench::shut_down(manager);
-  result.stop_ms = ms_since(start);
-  return result;
-}
-
 /// What the Manager asks for with n processes: two pipes each, four
 /// descriptors for each of at most 256 spawns in flight, 64 of its own.
 rlim_t descriptors_for(int n) { return static_cast<rlim_t>(2 * n + 4 * std::min(n, 256) + 64); }
@@ -83,7 +48,7 @@ bool fits(int n) {
   ::getrlimit(RLIMIT_NOFILE, &limit);
   if (limit.rlim_max == RLIM_INFINITY || descriptors_for(n) + 64 <= limit.rlim_max) return true;
   try {
-    manager_sleepers(n);
+    bench::manager_phases(bench::sleepers(n, true));
     return true;  // it managed after all: measure it properly
   } catch (const pymanager::Error& e) {
     std::printf("(%d processes do not fit in this machine's hard RLIMIT_NOFILE of %llu; the Manager says:\n %s)\n", n,
@@ -211,8 +176,8 @@ int main(int argc, char** argv) {
       const int runs = n <= 1000 ? 3 : 1;
       std::vector<double> floor_start, floor_stop, ours_start, ours_stop;
       for (int r = 0; r < runs; ++r) {
-        UpDown f = floor_sleepers(n);
-        UpDown m = manager_sleepers(n);
+        bench::UpDown f = bench::floor_sleepers(n);
+        bench::Phases m = bench::manager_phases(bench::sleepers(n, true));
         floor_start.push_back(f.start_ms);
         floor_stop.push_back(f.stop_ms);
         ours_start.push_back(m.start_ms);

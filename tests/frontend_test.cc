@@ -24,6 +24,7 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
+using testutil::ScopedEnv;
 
 /// One port, free now and outside the ephemeral range, with a lock folder of
 /// its own: whoever holds it, nobody else using these options can get a port.
@@ -51,24 +52,6 @@ bool port_is_available(const pymanager::PortOptions& options) {
     return false;
   }
 }
-
-/// Sets (or, with nullopt, unsets) an environment variable for one test.
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const std::optional<std::string>& value) : name_(name) {
-    if (const char* old = std::getenv(name)) old_ = old;
-    if (value) ::setenv(name, value->c_str(), 1);
-    else ::unsetenv(name);
-  }
-  ~ScopedEnv() {
-    if (old_) ::setenv(name_, old_->c_str(), 1);
-    else ::unsetenv(name_);
-  }
-
- private:
-  const char* name_;
-  std::optional<std::string> old_;
-};
 
 class LoadConfig : public ::testing::Test {
  protected:

@@ -22,6 +22,7 @@
 #include <gtest/gtest.h>
 
 #include "pymanager/pymanager.hpp"
+#include "tests/capture.hpp"
 #include "tests/test_util.hpp"
 
 namespace {
@@ -29,6 +30,7 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using namespace std::chrono_literals;
+using testutil::Capture;
 using testutil::wait_until;
 
 const std::string& stamp_program() {
@@ -72,51 +74,6 @@ std::optional<pid_t> pid_of(const std::string& file, const std::string& event, s
   }
   return std::nullopt;
 }
-
-/// Collects the manager's log lines; the children's output goes to a pipe
-/// the test reads.
-class Capture {
- public:
-  Capture() {
-    int fds[2];
-    if (::pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) throw std::runtime_error("pipe2");
-    read_fd_ = fds[0];
-    write_fd_ = fds[1];
-  }
-  ~Capture() {
-    ::close(read_fd_);
-    ::close(write_fd_);
-  }
-  pymanager::ManagerOptions options() {
-    pymanager::ManagerOptions o;
-    o.output_fd = write_fd_;
-    o.color = false;
-    o.log = [this](const std::string& line) {
-      std::lock_guard<std::mutex> lock(mutex_);
-      log_ += line + "\n";
-    };
-    return o;
-  }
-  std::string log() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return log_;
-  }
-  std::string output() {
-    char buffer[65536];
-    for (;;) {
-      ssize_t n = ::read(read_fd_, buffer, sizeof buffer);
-      if (n <= 0) break;
-      output_.append(buffer, static_cast<std::size_t>(n));
-    }
-    return output_;
-  }
-
- private:
-  int read_fd_, write_fd_;
-  std::mutex mutex_;
-  std::string log_;
-  std::string output_;
-};
 
 class Graph : public ::testing::Test {
  protected:
@@ -321,7 +278,7 @@ TEST_F(Graph, EnvironmentReachesTheChild) {
   Capture capture;
   pymanager::Manager manager(cfg, capture.options());
   manager.start();
-  EXPECT_TRUE(wait_until([&] { return capture.output().find("a b 'c' $d|/nowhere") != std::string::npos; }))
+  EXPECT_TRUE(capture.wait_output("a b 'c' $d|/nowhere", 20s))
       << capture.output();
 }
 
@@ -518,7 +475,7 @@ TEST_F(Graph, AFrozenKeeperIsKilledOnceItsStopPlanRunsOutAndNothingIsLeft) {
   Capture capture;
   pymanager::Manager manager(cfg, capture.options());
   manager.start();
-  ASSERT_TRUE(wait_until([&] { return capture.output().find("child ") != std::string::npos; }));
+  ASSERT_TRUE(capture.wait_output("child ", 20s));
   std::vector<pid_t> pids = testutil::pids_after(capture.output(), "child ");
   pids.push_back(info(manager, "tree").pid);
   const pid_t keeper = manager.keeper_pid();
@@ -562,7 +519,7 @@ TEST_F(Graph, AKilledKeeperLeavesNothingAliveAndIsReported) {
   pymanager::Manager manager(cfg, capture.options());
   manager.start();
   ASSERT_TRUE(wait_until([&] { return !info(manager, "db").daemons.empty(); }, 30s)) << capture.log();
-  ASSERT_TRUE(wait_until([&] { return capture.output().find("child ") != std::string::npos; }));
+  ASSERT_TRUE(capture.wait_output("child ", 20s));
   std::vector<pid_t> pids = testutil::pids_after(capture.output(), "child ");
   ASSERT_TRUE(wait_until([&] { return pid_of(log_of("nameless"), "daemon").has_value(); }));
   pid_t nameless = *pid_of(log_of("nameless"), "daemon");

@@ -30,7 +30,7 @@
 #include <gtest/gtest.h>
 
 #include "pymanager/keeper.hpp"
-#include "test_util.hpp"
+#include "tests/test_util.hpp"
 
 namespace {
 
@@ -44,34 +44,9 @@ using pymanager::detail::kKeeperMaxIds;
 using pymanager::detail::kKeeperNoOwner;
 using pymanager::detail::SpawnStage;
 using pymanager::detail::UniqueFd;
+using testutil::ScopedEnv;
 
 const std::string kToken = "0123456789abcdef";
-
-/// Sets (or with nullptr unsets) an environment variable for a scope.
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const char* value) : name_(name) {
-    if (const char* old = std::getenv(name)) old_ = old;
-    if (value == nullptr) {
-      ::unsetenv(name);
-    } else {
-      ::setenv(name, value, 1);
-    }
-  }
-  ~ScopedEnv() {
-    if (old_) {
-      ::setenv(name_.c_str(), old_->c_str(), 1);
-    } else {
-      ::unsetenv(name_.c_str());
-    }
-  }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  std::string name_;
-  std::optional<std::string> old_;
-};
 
 /// Reads the keeper's events on a thread of its own.
 class EventReader {

@@ -19,6 +19,7 @@
 #include <gtest/gtest.h>
 
 #include "pymanager/pymanager.hpp"
+#include "tests/capture.hpp"
 #include "tests/test_util.hpp"
 
 namespace {
@@ -26,55 +27,8 @@ namespace {
 using ::testing::HasSubstr;
 using ::testing::Not;
 using namespace std::chrono_literals;
+using testutil::Capture;
 using testutil::wait_until;
-
-/// Collects the manager's log lines and its children's output.
-class Capture {
- public:
-  Capture() {
-    int fds[2];
-    if (::pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) throw std::runtime_error("pipe2");
-    read_fd_ = fds[0];
-    write_fd_ = fds[1];
-  }
-  ~Capture() {
-    ::close(read_fd_);
-    ::close(write_fd_);
-  }
-  pymanager::ManagerOptions options() {
-    pymanager::ManagerOptions o;
-    o.output_fd = write_fd_;
-    o.color = false;
-    o.log = [this](const std::string& line) {
-      std::lock_guard<std::mutex> lock(mutex_);
-      log_ += line + "\n";
-    };
-    return o;
-  }
-  std::string log() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return log_;
-  }
-  /// Everything the children printed so far (with name prefixes).
-  std::string output() {
-    char buffer[65536];
-    for (;;) {
-      ssize_t n = ::read(read_fd_, buffer, sizeof buffer);
-      if (n <= 0) break;
-      output_.append(buffer, static_cast<std::size_t>(n));
-    }
-    return output_;
-  }
-  bool wait_output(const std::string& text, std::chrono::milliseconds timeout = 10000ms) {
-    return wait_until([&] { return output().find(text) != std::string::npos; }, timeout);
-  }
-
- private:
-  int read_fd_, write_fd_;
-  std::mutex mutex_;
-  std::string log_;
-  std::string output_;
-};
 
 pymanager::Config parse(const std::string& text, const std::string& base = "") {
   pymanager::Config config = pymanager::parse_config(nlohmann::ordered_json::parse(text), pymanager::builtin_verifiers());
