@@ -7,7 +7,6 @@
 
 #include <chrono>
 #include <future>
-#include <iostream>
 #include <mutex>
 #include <sstream>
 #include <string>
