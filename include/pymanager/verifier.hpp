@@ -81,7 +81,7 @@ struct ProbeCommand {
   /// Added to the environment (replacing variables of the same name).
   std::vector<std::pair<std::string, std::string>> environment;
   /// At most this many bytes of its output (stdout and stderr) are kept.
-  std::size_t output_limit = 64 * 1024;
+  std::size_t output_limit = std::size_t{64} * 1024;
 };
 
 struct ProbeResult {
