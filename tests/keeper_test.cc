@@ -347,6 +347,38 @@ TEST_P(KeeperModes, ADaemonIsAdoptedForItsOwnerAndStoppedWithItsSignal) {
   EXPECT_EQ(testutil::read_file(dir + "/term"), "SIGTERM\n") << "the daemon did not see its SIGTERM";
 }
 
+TEST_P(KeeperModes, DaemonsCaughtInTheMiddleOfAnExecAreStillAttributed) {
+  // The launcher exits while its child is exec'ing setsid, then sleep: a look
+  // at that moment reads an empty environment. Each daemon must still be
+  // attributed to its own id, never to nobody.
+  Keeper keeper(GetParam());
+  UniqueFd null_fd(::open("/dev/null", O_WRONLY | O_CLOEXEC));
+  constexpr std::uint32_t kFirst = 100, kCount = 40;
+  for (std::uint32_t id = kFirst; id < kFirst + kCount; ++id) {
+    ASSERT_TRUE(keeper.spawn(id, {"/bin/sh", "-c", "setsid sleep 1000 & exit 0"}, env_for(id), null_fd.get()));
+  }
+  for (std::uint32_t id = kFirst; id < kFirst + kCount; ++id) {
+    auto adopted = keeper.events->find(KeeperMessage::daemon_adopted, id);
+    EXPECT_TRUE(adopted) << "the daemon of id " << id << " was not attributed to it";
+    ASSERT_TRUE(keeper.client->send_signal_daemons(id, SIGKILL));
+  }
+  auto events = keeper.events->events();
+  for (const auto& event : events) {
+    EXPECT_FALSE(event.type == KeeperMessage::daemon_adopted && event.id == pymanager::detail::kKeeperNoOwner)
+        << "pid " << event.a << " was adopted with no owner";
+  }
+  // And each launcher's exit comes after the daemon it left.
+  for (std::uint32_t id = kFirst; id < kFirst + kCount; ++id) {
+    ASSERT_TRUE(keeper.events->find(KeeperMessage::exited, id));
+  }
+  events = keeper.events->events();
+  for (std::uint32_t id = kFirst; id < kFirst + kCount; ++id) {
+    EXPECT_LT(position_of(events, KeeperMessage::daemon_adopted, id), position_of(events, KeeperMessage::exited, id))
+        << "id " << id;
+  }
+  EXPECT_EQ(keeper.events->wait_count(KeeperMessage::daemon_gone, kCount, 30000ms), kCount);
+}
+
 TEST_P(KeeperModes, ChildrenGetTheSoftFileLimitGiven) {
   // As the manager does: its own soft limit raised to the hard one.
   struct rlimit saved {};

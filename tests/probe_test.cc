@@ -102,7 +102,7 @@ TEST_F(Probe, RunsInTheBaseDirectoryWithItsEnvironmentAndTheManagersMark) {
   EXPECT_EQ(greeting, "hello");
   // The mark names a probe id above every configured process's.
   EXPECT_THAT(mark, ::testing::MatchesRegex("[0-9a-f]{16}:[0-9]+"));
-  EXPECT_GE(std::stoul(mark.substr(17)), std::size_t{1} << 21);
+  EXPECT_GE(std::stoul(mark.substr(17)), manager.size());
 }
 
 TEST_F(Probe, WhatItLeftInItsGroupOrAsADaemonIsKilledWhenItEnds) {
@@ -165,6 +165,68 @@ TEST_F(Probe, OutputBeyondItsLimitIsCutAndSaidSo) {
   EXPECT_TRUE(result.truncated);
 }
 
+TEST_F(Probe, ALimitOfZeroKeepsNothingAndSaysItCut) {
+  pymanager::Manager manager(config_, options());
+  manager.start();
+  auto command = sh("echo something");
+  command.output_limit = 0;
+  auto result = manager.run_probe(command, pymanager::Clock::now() + 60s);
+  ASSERT_TRUE(result.exit.has_value()) << result.error;
+  EXPECT_EQ(result.output, "");
+  EXPECT_TRUE(result.truncated);
+}
+
+TEST_F(Probe, AfterShutdownBeganNothingIsSpawned) {
+  pymanager::Manager manager(config_, options());
+  manager.start();
+  manager.shutdown();
+  auto result = manager.run_probe(sh("touch ran.flag"), pymanager::Clock::now() + 60s);
+  EXPECT_TRUE(result.cancelled);
+  EXPECT_FALSE(result.exit.has_value());
+  // A probe that did run would have made the file before its exit was seen.
+  auto control = manager.run_probe(sh("true"), pymanager::Clock::now() + 60s);
+  EXPECT_TRUE(control.cancelled);
+  EXPECT_TRUE(manager.wait_finished(30s));
+  EXPECT_NE(::access((dir_ + "/ran.flag").c_str(), F_OK), 0) << "a cancelled probe was spawned";
+}
+
+TEST_F(Probe, AKeeperKilledMidProbeIsAnErrorAndNothingOfItIsLeft) {
+  pymanager::Manager manager(config_, options());
+  manager.start();
+  ASSERT_EQ(::mkfifo((dir_ + "/never").c_str(), 0600), 0);
+  auto future = std::async(std::launch::async, [&] {
+    return manager.run_probe(sh("sleep 1000 & echo $! >> pids.txt; echo $$ >> pids.txt; cat never"),
+                             pymanager::Clock::now() + 600s);
+  });
+  ASSERT_TRUE(wait_until([&] { return pids_in("pids.txt").size() == 2; }, 30000ms));
+  ASSERT_EQ(::kill(manager.keeper_pid(), SIGKILL), 0);
+  ASSERT_EQ(future.wait_for(30s), std::future_status::ready);
+  auto result = future.get();
+  EXPECT_FALSE(result.exit.has_value());
+  EXPECT_THAT(result.error, HasSubstr("cannot run probe 'sh': the keeper process is gone"));
+  expect_all_gone(pids_in("pids.txt"));
+  EXPECT_TRUE(manager.wait_finished(30s));
+  // The probe's group was one the manager knew: not "escaped".
+  std::lock_guard<std::mutex> lock(mutex_);
+  EXPECT_THAT(log_, HasSubstr("SIGKILL to 2 process group(s)"));
+}
+
+TEST_F(Probe, DestroyingTheManagerWaitsForAProbeOnAnotherThread) {
+  ASSERT_EQ(::mkfifo((dir_ + "/never").c_str(), 0600), 0);
+  std::future<pymanager::ProbeResult> future;
+  {
+    pymanager::Manager manager(config_, options());
+    manager.start();
+    future = std::async(std::launch::async, [&manager] {
+      return manager.run_probe(sh("echo $$ >> pids.txt; cat never"), pymanager::Clock::now() + 600s);
+    });
+    ASSERT_TRUE(wait_until([&] { return pids_in("pids.txt").size() == 1; }, 30000ms));
+  }  // the destructor: shutdown cancels the probe, and waits for the call to end
+  ASSERT_EQ(future.wait_for(0s), std::future_status::ready) << "the Manager was gone before run_probe returned";
+  EXPECT_TRUE(future.get().cancelled);
+  expect_all_gone(pids_in("pids.txt"));
+}
+
 TEST_F(Probe, ACommandThatCannotStartSaysWhy) {
   pymanager::Manager manager(config_, options());
   manager.start();
@@ -172,7 +234,7 @@ TEST_F(Probe, ACommandThatCannotStartSaysWhy) {
   missing.argv = {"./no-such-probe-program"};
   auto result = manager.run_probe(missing, pymanager::Clock::now() + 60s);
   EXPECT_FALSE(result.exit.has_value());
-  EXPECT_THAT(result.error, HasSubstr("no-such-probe-program"));
+  EXPECT_THAT(result.error, HasSubstr("cannot run probe './no-such-probe-program'"));
   EXPECT_THAT(result.error, HasSubstr("No such file or directory"));
 
   pymanager::ProbeCommand empty;
@@ -182,7 +244,7 @@ TEST_F(Probe, ACommandThatCannotStartSaysWhy) {
   elsewhere.working_directory = "no-such-dir";
   auto in_missing_dir = manager.run_probe(elsewhere, pymanager::Clock::now() + 60s);
   EXPECT_FALSE(in_missing_dir.exit.has_value());
-  EXPECT_THAT(in_missing_dir.error, HasSubstr("working_directory " + dir_ + "/no-such-dir"));
+  EXPECT_THAT(in_missing_dir.error, HasSubstr("cannot run probe 'sh': working_directory " + dir_ + "/no-such-dir"));
 }
 
 TEST_F(Probe, ManyAtOnceEachGetItsOwnResult) {

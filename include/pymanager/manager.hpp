@@ -221,7 +221,10 @@ inline Manager::~Manager() {
   shutdown();
   wait_finished(shutdown_bound());
   {
-    std::lock_guard<std::mutex> lock(s_.mutex);
+    std::unique_lock<std::mutex> lock(s_.mutex);
+    // run_probe calls on other threads were cancelled by the shutdown; each
+    // ends within 5 s of it (the kill seen).
+    s_.changed.wait_for(lock, std::chrono::seconds(10), [&] { return s_.probe_calls == 0; });
     s_.stopping = true;
   }
   s_.core->stop_loop();

@@ -67,8 +67,6 @@ enum class MessageCategory {
   verifier_verbose,  ///< "verifier.verbose": everything a verifier has to say
 };
 
-/// What a verifier sees of the world. Implemented by the Manager; every wait
-/// ends early when shutdown begins.
 /// A short command run on a verifier's behalf (a probe: `pg_isready`, a
 /// health script). The keeper spawns it in a process group of its own, with
 /// the manager's environment and its mark; whatever of it is left when it
@@ -95,6 +93,8 @@ struct ProbeResult {
   std::string error;       ///< why it could not be started (or run)
 };
 
+/// What a verifier sees of the world. Implemented by the Manager; every wait
+/// ends early when shutdown begins.
 class VerifyContext {
  public:
   virtual ~VerifyContext() = default;

@@ -33,7 +33,7 @@ class EventHandler : public CoreListener {
 
   void on_event(const CoreEvent& event) override {
     using Type = CoreEvent::Type;
-    const bool probe = ProbeTable::is_probe(event.id);
+    const bool probe = s_.probes.is_probe(event.id);
     if (probe && event.type != Type::daemon_adopted && event.type != Type::daemon_gone) {
       on_probe_event(event);
       return;
@@ -87,6 +87,7 @@ class EventHandler : public CoreListener {
       for (std::size_t i = 0; i < s_.table.size(); ++i) {
         if (s_.table[i].group_alive) groups.push_back(s_.table[i].pid);
       }
+      for (pid_t pgid : s_.probes.live_groups()) groups.push_back(pgid);
       daemons.assign(s_.daemon_starts.begin(), s_.daemon_starts.end());
       if (!asked) s_.keeper_lost = true;
     }

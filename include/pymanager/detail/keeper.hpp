@@ -381,6 +381,13 @@ struct KeeperPendingSignal {
   int sig;
 };
 
+/// A child met in the middle of an exec (see keeper_owner_of), since when.
+struct KeeperDeferred {
+  pid_t pid;
+  std::int64_t since_ms;
+  bool seen;  ///< deferred again by the current look
+};
+
 /// A child reaped whose exit is not reported yet (it waits for the look
 /// that follows, so that the orphans it left are reported first).
 struct KeeperReaped {
@@ -412,10 +419,10 @@ struct KeeperState {
   std::size_t reaped_count = 0;
 
   bool look_wanted = false;
-  /// The last look met a child with no environment and no command line: in
-  /// the middle of an exec, it is looked at again (see keeper_owner_of).
-  bool deferred = false;
-  std::int64_t deferred_since_ms = 0;  ///< 0: no child deferred
+  /// Children met with no environment and no command line: in the middle
+  /// of an exec, each is looked at again (see keeper_owner_of).
+  KeeperArray<KeeperDeferred> deferred;
+  std::size_t deferred_count = 0;
   bool no_children_file = false;  ///< the kernel lacks CONFIG_PROC_CHILDREN: scan /proc
   std::int64_t last_look_ms = 0;
   std::int64_t look_interval_ms = 0;  ///< kKeeperLookIntervalMs, more when a look is slow
@@ -436,11 +443,13 @@ struct KeeperState {
 /// the look that follows it (a teardown of 10 services would wait 10 ms for
 /// a 10 ms floor); the cost factor below spaces out the expensive looks.
 constexpr std::int64_t kKeeperLookIntervalMs = 0;
-/// A child whose environment and command line read empty is in the middle
-/// of an exec (the kernel has switched its memory but not yet placed them):
-/// it is looked at again, every millisecond, for at most this long before
-/// it counts as a daemon with no owner.
-constexpr std::int64_t kKeeperExecWindowMs = 50;
+/// A child whose environment reads empty may be in the middle of an exec
+/// (the kernel has switched its memory but not yet placed it there): it is
+/// looked at again, every millisecond, for at most this long (counted for
+/// each child) before it counts as a daemon with no owner (`env -i`). Meanwhile the
+/// exits and signal_daemons requests that wait for a look keep waiting, so
+/// that a launcher's exit still comes after the daemon it left.
+constexpr std::int64_t kKeeperExecWindowMs = 100;
 /// ... and waits at least this many times as long as the last look took: the
 /// kernel restarts its walk of the children list at every 4 KB read, so a
 /// look costs about 10 ms with 10,000 children, and looks must not take
@@ -618,6 +627,22 @@ inline void keeper_send(KeeperState& k, KeeperMessage type, std::uint32_t id, st
 
 /// The owner of an orphan from its environment. False when there is nothing
 /// to adopt (it is gone, or a zombie that will be reaped next).
+/// True when `pid`, met with an empty environment, is to be looked at again: for at most
+/// kKeeperExecWindowMs since this child was first met so. Without memory
+/// for the list it is not deferred (it counts as a daemon with no owner).
+inline bool keeper_defer(KeeperState& k, pid_t pid) noexcept {
+  const std::int64_t now = keeper_now_ms();
+  for (std::size_t i = 0; i < k.deferred_count; ++i) {
+    KeeperDeferred& d = k.deferred.data[i];
+    if (d.pid != pid) continue;
+    d.seen = now - d.since_ms < kKeeperExecWindowMs;
+    return d.seen;
+  }
+  if (!k.deferred.reserve(k.deferred_count + 1)) return false;
+  k.deferred.data[k.deferred_count++] = KeeperDeferred{pid, now, true};
+  return true;
+}
+
 inline bool keeper_owner_of(KeeperState& k, pid_t pid, std::uint32_t& owner) noexcept {
   owner = kKeeperNoOwner;
   keeper_format_pid(k.path_buffer, "/proc/", pid, "/environ");
@@ -636,24 +661,13 @@ inline bool keeper_owner_of(KeeperState& k, pid_t pid, std::uint32_t& owner) noe
   owner = matcher.finish();
   if (total > 0) return true;
   // An empty environment: `env -i`, a zombie (it has no memory left), or a
-  // process in the middle of an exec, whose command line is empty too.
+  // process in the middle of an exec (the kernel has switched its memory
+  // but not yet placed its environment). The last two cannot be told apart
+  // from outside: it is looked at again for a while (keeper_defer).
   char state = 0;
   long parent = 0;
   if (!keeper_read_stat(k, pid, state, parent) || state == 'Z') return false;
-  keeper_format_pid(k.path_buffer, "/proc/", pid, "/cmdline");
-  fd = ::open(k.path_buffer, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return errno != ENOENT && errno != ESRCH;
-  ssize_t n;
-  do {
-    n = ::read(fd, k.environ_buffer, 1);
-  } while (n < 0 && errno == EINTR);
-  ::close(fd);
-  const bool within = k.deferred_since_ms == 0 || keeper_now_ms() - k.deferred_since_ms < kKeeperExecWindowMs;
-  if (n == 0 && within) {
-    k.deferred = true;
-    return false;
-  }
-  return true;
+  return !keeper_defer(k, pid);
 }
 
 /// A child we did not know: record it as a daemon and tell the manager.
@@ -671,19 +685,22 @@ inline void keeper_consider_child(KeeperState& k, pid_t pid) noexcept {
 
 inline void keeper_look_for_daemons(KeeperState& k) noexcept {
   k.look_wanted = false;
-  k.deferred = false;
+  for (std::size_t i = 0; i < k.deferred_count; ++i) k.deferred.data[i].seen = false;
   const std::int64_t start = keeper_now_us();
   keeper_for_each_child(k, [&k](pid_t pid) { keeper_consider_child(k, pid); });
   const std::int64_t end = keeper_now_us();
   k.last_look_ms = end / 1000;
   k.look_interval_ms = std::max(kKeeperLookIntervalMs, (end - start) * kKeeperLookCostFactor / 1000);
-  if (k.deferred) {
+  // Forget the children no longer deferred (adopted, gone, or past their window).
+  std::size_t kept = 0;
+  for (std::size_t i = 0; i < k.deferred_count; ++i) {
+    if (k.deferred.data[i].seen) k.deferred.data[kept++] = k.deferred.data[i];
+  }
+  k.deferred_count = kept;
+  if (k.deferred_count > 0) {
     // A child in the middle of an exec: another look in a millisecond.
-    if (k.deferred_since_ms == 0) k.deferred_since_ms = k.last_look_ms;
     k.look_wanted = true;
     k.look_interval_ms = std::max<std::int64_t>(k.look_interval_ms, 1);
-  } else {
-    k.deferred_since_ms = 0;
   }
 }
 
@@ -764,6 +781,9 @@ inline void keeper_report_reaped(KeeperState& k) noexcept {
 /// serves the signal_daemons requests that did.
 inline void keeper_look_and_report(KeeperState& k) noexcept {
   keeper_look_for_daemons(k);
+  // A child met mid-exec may be a daemon its launcher just left: the exits
+  // and the signals wait for the look that settles it (bounded by its window).
+  if (k.deferred_count > 0) return;
   keeper_report_reaped(k);
   for (std::size_t i = 0; i < k.pending_count; ++i) keeper_signal_daemons(k, k.pending.data[i].id, k.pending.data[i].sig);
   k.pending_count = 0;

@@ -46,7 +46,8 @@ struct ManagerShared {
                options.output_lines_kept),
         table(config.processes),
         scheduler(config),
-        stops(table, scheduler, config, options.verbose) {}
+        stops(table, scheduler, config, options.verbose),
+        probes(config.processes.size()) {}
   ManagerShared(const ManagerShared&) = delete;
   ManagerShared& operator=(const ManagerShared&) = delete;
 
@@ -95,6 +96,7 @@ struct ManagerShared {
   LaunchScheduler scheduler;
   StopController stops;
   ProbeTable probes;  ///< probe commands in flight (run_probe)
+  std::size_t probe_calls = 0;  ///< run_probe calls under way: the destructor waits for them
   ManagerState phase = ManagerState::booting;  ///< booting, launching or running
   bool stopping = false;  ///< the destructor asks the event thread to end
   bool keeper_gone = false;

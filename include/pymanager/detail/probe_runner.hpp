@@ -14,6 +14,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 
 #include "pymanager/detail/fd.hpp"
 #include "pymanager/detail/manager_shared.hpp"
@@ -31,26 +32,41 @@ class ProbeRunner {
  public:
   explicit ProbeRunner(ManagerShared& s) : s_(s) {}
 
-  /// `cancelled_locked` (called under the lock) ends the wait early.
+  /// `cancelled_locked` (called under the lock) ends the wait early. The
+  /// wait is bounded by `deadline`, then by 5 s for the kill to be seen.
   ProbeResult run(const ProbeCommand& command, Clock::time_point deadline, const std::function<bool()>& cancelled_locked) {
     ProbeResult result;
     if (command.argv.empty() || command.argv[0].empty()) {
       result.error = "the probe's command is empty";
       return result;
     }
+    const std::string what = "cannot run probe '" + command.argv[0] + "'";
+    // Counted, so that the Manager's destructor waits for this call to end.
+    Call call(s_);
     std::shared_ptr<ProbeRun> run;
     {
       std::lock_guard<std::mutex> lock(s_.mutex);
       if (s_.keeper_gone) {
-        result.error = "cannot run " + command.argv[0] + ": the keeper process is gone";
+        result.error = what + ": the keeper process is gone";
+        return result;
+      }
+      // Nothing is spawned only to be killed at once.
+      if (cancelled_locked()) {
+        result.cancelled = true;
+        return result;
+      }
+      if (Clock::now() >= deadline) {
+        result.timed_out = true;
         return result;
       }
       run = s_.probes.add(command.output_limit);
       if (!run) {
-        result.error = "cannot run " + command.argv[0] + ": too many probes at once";
+        result.error = what + ": " + std::to_string(ProbeTable::kIds) + " probes are running already";
         return result;
       }
     }
+    // Whatever ends this call early gives the id back.
+    Release release(s_, run);
     CoreRequest request;
     Pipe pipe;
     try {
@@ -64,16 +80,14 @@ class ProbeRunner {
       ::fcntl(pipe.write.get(), F_SETFL, 0);
       // One pipe for stdout and stderr: the output keeps the order it came in.
       request = ProcessCore::spawn_request(run->id, plan, std::move(pipe.write), UniqueFd());
-    } catch (const Error& e) {
-      std::lock_guard<std::mutex> lock(s_.mutex);
-      run->ended = run->waited = true;
-      s_.probes.release_if_done(run->id);
-      result.error = e.what();
+    } catch (const std::exception& e) {
+      result.error = probe_message(what, command.argv[0], e.what());
       return result;
     }
     std::unique_lock<std::mutex> lock(s_.mutex);
     s_.core->watch_output(run->id, std::move(pipe.read), UniqueFd(), run);
     s_.core->submit(std::move(request));
+    release.submitted = true;
     s_.changed.wait_until(lock, deadline, [&] { return run->ended || s_.keeper_gone || cancelled_locked(); });
     if (!run->ended && !s_.keeper_gone) {
       result.timed_out = Clock::now() >= deadline;
@@ -82,22 +96,60 @@ class ProbeRunner {
       s_.core->signal_group(run->id, SIGKILL);
       s_.changed.wait_for(lock, std::chrono::seconds(5), [&] { return run->ended || s_.keeper_gone; });
     }
-    // What it left: the rest of its group, and its daemons.
-    if (run->group_alive) s_.core->signal_group(run->id, SIGKILL);
-    if (run->spawned) s_.core->signal_daemons(run->id, SIGKILL);
+    if (!s_.keeper_gone) {
+      // What it left: the rest of its group, and its daemons.
+      if (run->group_alive) s_.core->signal_group(run->id, SIGKILL);
+      if (run->spawned) s_.core->signal_daemons(run->id, SIGKILL);
+    }
     if (!result.timed_out && !result.cancelled) {
       result.exit = run->exit;
-      if (!run->spawned && run->ended && run->spawn_errno != 0) result.error = spawn_error(command, *run);
-      if (!run->ended) result.error = "cannot run " + command.argv[0] + ": the keeper process is gone";
+      if (!run->spawned && run->spawn_errno != 0) {
+        result.error = spawn_error(what, *run);
+      } else if (!run->exit) {
+        result.error = what + (s_.keeper_gone ? ": the keeper process is gone" : ": the keeper did not answer");
+      }
     }
     result.output = run->output;
     result.truncated = run->truncated;
-    run->waited = true;
-    s_.probes.release_if_done(run->id);
     return result;
   }
 
  private:
+  /// One run_probe call under way, counted in ManagerShared::probe_calls.
+  struct Call {
+    explicit Call(ManagerShared& s) : s(s) {
+      std::lock_guard<std::mutex> lock(s.mutex);
+      ++s.probe_calls;
+    }
+    Call(const Call&) = delete;
+    Call& operator=(const Call&) = delete;
+    ~Call() {
+      {
+        std::lock_guard<std::mutex> lock(s.mutex);
+        --s.probe_calls;
+      }
+      s.changed.notify_all();
+    }
+    ManagerShared& s;
+  };
+
+  /// Hands the run back to the table (at once, or once its group is empty).
+  struct Release {
+    Release(ManagerShared& shared, std::shared_ptr<ProbeRun> r) : s(shared), run(std::move(r)) {}
+    Release(const Release&) = delete;
+    Release& operator=(const Release&) = delete;
+    // run()'s own lock is declared after this, so it is released first.
+    ~Release() {
+      std::lock_guard<std::mutex> lock(s.mutex);
+      run->waited = true;
+      if (!submitted) run->ended = true;  // never sent: no event will come
+      s.probes.release_if_done(run->id);
+    }
+    ManagerShared& s;
+    std::shared_ptr<ProbeRun> run;
+    bool submitted = false;  ///< the spawn was queued: its events will come
+  };
+
   static ProcessSpec spec_of(const ProbeCommand& command) {
     ProcessSpec spec;
     spec.name = command.argv[0];
@@ -108,10 +160,17 @@ class ProbeRunner {
     return spec;
   }
 
-  static std::string spawn_error(const ProbeCommand& command, const ProbeRun& run) {
+  /// make_launch_plan names a process ("cannot start process 'x' ..."): here it is a probe.
+  static std::string probe_message(const std::string& what, const std::string& name, const std::string& message) {
+    const std::string process = "cannot start process '" + name + "'";
+    if (message.rfind(process, 0) == 0) return what + message.substr(process.size());
+    return what + ": " + message;
+  }
+
+  static std::string spawn_error(const std::string& what, const ProbeRun& run) {
     std::string why = std::strerror(run.spawn_errno);
     if (run.spawn_stage != SpawnStage::exec) why = std::string(describe_stage(run.spawn_stage)) + ": " + why;
-    return "cannot run " + command.argv[0] + ": " + why;
+    return what + ": " + why;
   }
 
   ManagerShared& s_;

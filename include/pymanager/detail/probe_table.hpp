@@ -19,6 +19,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "pymanager/detail/keeper.hpp"
 #include "pymanager/verifier.hpp"
@@ -44,22 +45,36 @@ struct ProbeRun {
 
 class ProbeTable {
  public:
-  /// Probe ids: the upper half of the keeper's id space.
-  static constexpr std::uint32_t kFirstId = kKeeperMaxIds / 2;
-  static constexpr std::uint32_t kIds = kKeeperMaxIds - kFirstId;
+  /// At most this many probes at once; their ids follow the processes' ids
+  /// (the process core indexes its pipes by id, so ids stay small), and an
+  /// id comes back only after every other one was used, so that a late event
+  /// of an old probe (a daemon it left) never reaches a new one.
+  static constexpr std::uint32_t kIds = 4096;
 
-  static bool is_probe(std::uint32_t id) { return id >= kFirstId && id < kKeeperMaxIds; }
+  /// `processes`: the number of configured processes (ids 0 .. processes-1).
+  explicit ProbeTable(std::size_t processes) : first_(static_cast<std::uint32_t>(processes)) {}
+
+  bool is_probe(std::uint32_t id) const { return id >= first_ && id - first_ < kIds; }
 
   /// A new run under a free id; nullptr when every id is in use.
   std::shared_ptr<ProbeRun> add(std::size_t output_limit) {
     if (runs_.size() >= kIds) return nullptr;
-    while (runs_.count(kFirstId + next_) != 0) next_ = (next_ + 1) % kIds;
+    while (runs_.count(first_ + next_) != 0) next_ = (next_ + 1) % kIds;
     auto run = std::make_shared<ProbeRun>();
-    run->id = kFirstId + next_;
+    run->id = first_ + next_;
     run->output_limit = output_limit;
     next_ = (next_ + 1) % kIds;
     runs_[run->id] = run;
     return run;
+  }
+
+  /// The process groups of the probes alive (for the sweep after a lost keeper).
+  std::vector<pid_t> live_groups() const {
+    std::vector<pid_t> out;
+    for (const auto& entry : runs_) {
+      if (entry.second->group_alive && entry.second->pid > 0) out.push_back(entry.second->pid);
+    }
+    return out;
   }
 
   ProbeRun* find(std::uint32_t id) {
@@ -93,6 +108,7 @@ class ProbeTable {
   std::size_t size() const { return runs_.size(); }
 
  private:
+  std::uint32_t first_;
   std::map<std::uint32_t, std::shared_ptr<ProbeRun>> runs_;
   std::uint32_t next_ = 0;
 };
