@@ -52,6 +52,9 @@
 // the keeper before the launcher's SIGCHLD) is reported before the
 // launcher's exited and group_empty; an exit waits at most one look
 // interval for it.
+// A child whose environment reads empty may be in the middle of an exec: it
+// is looked at again every millisecond for up to kKeeperExecWindowMs, and
+// the exits and signal_daemons that wait for a look wait for that too.
 // A daemon that runs with an empty environment (exec'd through `env -i`) or
 // one the keeper may not read (it changed its user) has no marker: it is
 // reported with kKeeperNoOwner, signal_daemons(kKeeperNoOwner, ...) reaches
