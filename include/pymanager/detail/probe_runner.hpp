@@ -123,11 +123,11 @@ class ProbeRunner {
     }
     Call(const Call&) = delete;
     Call& operator=(const Call&) = delete;
+    // Notified under the lock: once the count is 0 the Manager's destructor
+    // may destroy the condition variable.
     ~Call() {
-      {
-        std::lock_guard<std::mutex> lock(s.mutex);
-        --s.probe_calls;
-      }
+      std::lock_guard<std::mutex> lock(s.mutex);
+      --s.probe_calls;
       s.changed.notify_all();
     }
     ManagerShared& s;
