@@ -797,6 +797,25 @@ TEST_F(Ctl, FindsTheRunningManagerByItsStateFileAndDrivesIt) {
   EXPECT_THAT(after.err, HasSubstr("no running pymanager found for cfg.json"));
 }
 
+TEST_F(Ctl, ListShowsTheDaemonsALauncherLeft) {
+  // pg_ctl start in miniature: the launcher exits 0, its daemon lives on.
+  auto manager = start_manager(R"("db": {"executable": "sh",
+      "arguments": ["-c", "setsid sleep 1000 & echo $! >> pids.txt; exit 0"]})",
+                               R"({"enabled": true, "port": 0})");
+  ASSERT_TRUE(wait_until([&] { return pids_in("pids.txt").size() == 1; }));
+  const pid_t daemon = pids_in("pids.txt").front();
+  testutil::RunResult list;
+  ASSERT_TRUE(wait_until([&] {
+    list = ctl({"-f", "cfg.json", "list"});
+    return list.out.find("[daemons: " + std::to_string(daemon) + "]") != std::string::npos;
+  })) << list.out << list.err;
+  EXPECT_THAT(list.out, ::testing::ContainsRegex("1 +db +terminated +daemonized +code 0 +sh -c .*  \\[daemons: " +
+                                                 std::to_string(daemon) + "\\]"));
+  EXPECT_EQ(ctl({"-f", "cfg.json", "shutdown"}).exit_code, 0);
+  EXPECT_EQ(manager->wait(15000ms).exit_code, 0);
+  expect_all_gone("pids.txt");
+}
+
 // "By default, no additional output is displayed": an exit nobody asked
 // about is printed only with process.exit in messages (or -v / -w).
 TEST_F(Ctl, AnExitIsPrintedOnlyWhenProcessExitIsAskedFor) {
