@@ -812,8 +812,14 @@ TEST_F(Ctl, ListShowsTheDaemonsALauncherLeft) {
   EXPECT_THAT(list.out, ::testing::ContainsRegex("1 +db +terminated +daemonized +code 0 +sh -c .*  \\[daemons: " +
                                                  std::to_string(daemon) + "\\]"));
   EXPECT_EQ(ctl({"-f", "cfg.json", "shutdown"}).exit_code, 0);
-  EXPECT_EQ(manager->wait(15000ms).exit_code, 0);
+  auto result = manager->wait(15000ms);
+  EXPECT_EQ(result.exit_code, 0);
   expect_all_gone("pids.txt");
+  // With -v: adopted, signalled with the process's stop signal, gone.
+  const std::string pid = std::to_string(daemon);
+  EXPECT_THAT(result.err, HasSubstr("process 'db' left daemon pid " + pid));
+  EXPECT_THAT(result.err, ::testing::ContainsRegex("SIGTERM to 'db' [^\n]*\\(daemons " + pid + "\\)"));
+  EXPECT_THAT(result.err, HasSubstr("daemon pid " + pid + " of 'db' is gone"));
 }
 
 // "By default, no additional output is displayed": an exit nobody asked
