@@ -9,8 +9,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <fcntl.h>
+
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <sstream>
 #include <regex>
 #include <string>
@@ -682,6 +685,70 @@ TEST_F(Cli, WithDescriptorsForOnlyOnePipeEachStdoutAndStderrShareIt) {
   child.signal(SIGTERM);
   auto result = child.wait(30000ms);
   EXPECT_EQ(result.exit_code, 0) << result.err;
+}
+
+TEST_F(Cli, DescriptorsInFlightElsewhereForTheSameUserDoNotLoseTheKeeper) {
+  // The kernel counts every descriptor in flight on unix sockets, for all of
+  // a user's processes, against the sender's RLIMIT_NOFILE (ETOOMANYREFS):
+  // another test sending many at once must not make the manager's spawn
+  // requests fail. Here this test keeps 500 in flight itself.
+  int pair[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, pair), 0);
+  int null_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(null_fd, 0);
+  int sent = 0;
+  for (int batch = 0; batch < 10; ++batch) {
+    int fds[50];
+    for (int& fd : fds) fd = null_fd;
+    char byte = 0;
+    struct iovec iov = {&byte, 1};
+    alignas(8) char control[CMSG_SPACE(sizeof fds)] = {};
+    struct msghdr msg {};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof fds);
+    std::memcpy(CMSG_DATA(c), fds, sizeof fds);
+    if (::sendmsg(pair[0], &msg, MSG_DONTWAIT) == 1) sent += 50;
+  }
+  EXPECT_EQ(sent, 500);
+  write_config(sleeper("one") + R"(, "two": {"executable": "sleep", "arguments": ["1000"]})", R"("keep-alive": true)");
+  testutil::Child child({"/bin/sh", "-c", "ulimit -n 400 && exec \"$0\" -f cfg.json -v", binary_}, dir_);
+  // Its first spawn request meets the limit; then the burst ends, as the
+  // other test's would: the descriptors are received (and closed).
+  ASSERT_TRUE(child.wait_for_output("launching 'one'")) << child.err();
+  for (int batch = 0; batch < 10; ++batch) {
+    char byte = 0;
+    struct iovec iov = {&byte, 1};
+    alignas(8) char control[CMSG_SPACE(sizeof(int) * 50)] = {};
+    struct msghdr msg {};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    if (::recvmsg(pair[1], &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC) != 1) break;
+    for (struct cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+      const std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (std::size_t k = 0; k < count; ++k) {
+        int fd;
+        std::memcpy(&fd, CMSG_DATA(c) + k * sizeof(int), sizeof fd);
+        ::close(fd);
+      }
+    }
+  }
+  EXPECT_TRUE(child.wait_for_output("all processes are up")) << child.err();
+  EXPECT_THAT(child.err(), Not(HasSubstr("keeper process")));
+  EXPECT_TRUE(wait_until([&] { return pids_in("pids.txt").size() == 1; }));
+  child.signal(SIGTERM);
+  EXPECT_EQ(child.wait(30000ms).exit_code, 0);
+  expect_all_gone("pids.txt");
+  ::close(pair[0]);
+  ::close(pair[1]);
+  ::close(null_fd);
 }
 
 TEST_F(Cli, ClosedStandardDescriptorsAreHeldByDevNull) {

@@ -190,6 +190,7 @@ class ProcessCore {
 
   /// True while requests wait for room in the socket.
   bool wants_write() const {
+    if (throttled_) return false;  // no room will be announced: a timer retries
     std::lock_guard<std::mutex> lock(mutex_);
     return !queue_.empty();
   }
@@ -197,6 +198,7 @@ class ProcessCore {
   /// Event thread: sends queued requests until the socket is full. False
   /// once the keeper is gone.
   bool flush() {
+    throttled_ = false;
     for (;;) {
       CoreRequest* front;
       {
@@ -298,8 +300,17 @@ class ProcessCore {
     ssize_t n = retry_eintr([&] { return ::sendmsg(fd(), &msg, MSG_DONTWAIT | MSG_NOSIGNAL); });
     if (n >= 0) return 1;
     if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS) return 0;
+    // Too many descriptors in flight for this user (the kernel counts every
+    // process of the user against our RLIMIT_NOFILE): the keeper is fine,
+    // the send is tried again in a millisecond.
+    if (errno == ETOOMANYREFS) {
+      throttled_ = true;
+      return 0;
+    }
     return -1;
   }
+
+  bool throttled_ = false;  ///< event thread only: a send met ETOOMANYREFS
 
   /// One run's pipes, read by the loop.
   struct Watched {
@@ -406,6 +417,7 @@ inline void ProcessCore::run(CoreListener& listener) {
       timeout = static_cast<int>(std::clamp<long long>(ms, 0, 60000));
     }
     if (unwatched_writer) timeout = timeout < 0 ? 50 : std::min(timeout, 50);
+    if (throttled_) timeout = timeout < 0 ? 1 : std::min(timeout, 1);
     int n = ::epoll_wait(epoll.get(), ready.data(), static_cast<int>(ready.size()), timeout);
     if (n < 0 && errno != EINTR) break;
     bool keeper_readable = false;
