@@ -199,6 +199,8 @@ TEST_F(Probe, AKeeperKilledMidProbeIsAnErrorAndNothingOfItIsLeft) {
                              pymanager::Clock::now() + 600s);
   });
   ASSERT_TRUE(wait_until([&] { return pids_in("pids.txt").size() == 2; }, 30000ms));
+  const int configured = manager.process(0).pid;
+  ASSERT_GT(configured, 0);
   ASSERT_EQ(::kill(manager.keeper_pid(), SIGKILL), 0);
   ASSERT_EQ(future.wait_for(30s), std::future_status::ready);
   auto result = future.get();
@@ -206,9 +208,21 @@ TEST_F(Probe, AKeeperKilledMidProbeIsAnErrorAndNothingOfItIsLeft) {
   EXPECT_THAT(result.error, HasSubstr("cannot run probe 'sh': the keeper process is gone"));
   expect_all_gone(pids_in("pids.txt"));
   EXPECT_TRUE(manager.wait_finished(30s));
-  // The probe's group was one the manager knew: not "escaped".
+  // The report names the probe: its group, when the manager had read the
+  // keeper's "spawned" reply, or else its shell's children, as processes
+  // carrying the manager's mark (the shell itself dies with the keeper, by
+  // PR_SET_PDEATHSIG). Either way they were killed and said so.
+  const auto pids = pids_in("pids.txt");
+  const std::string sleeper = std::to_string(pids.at(0)), shell = std::to_string(pids.at(1));
   std::lock_guard<std::mutex> lock(mutex_);
-  EXPECT_THAT(log_, HasSubstr("SIGKILL to 2 process group(s)"));
+  EXPECT_THAT(log_, ::testing::ContainsRegex("SIGKILL to [0-9]+ process group\\(s\\) \\(([0-9]+, )*" + shell +
+                                             "[,)]|other process\\(es\\) carrying this manager's mark \\(([0-9]+, )*" +
+                                             sleeper + "[,)]"));
+  // The configured process's group was known: its leader is not listed
+  // again as an "other" process, even when it died before the scan.
+  EXPECT_THAT(log_, HasSubstr("process group(s) (" + std::to_string(configured)));
+  EXPECT_THAT(log_.substr(log_.find("daemon(s)")),
+              ::testing::Not(::testing::ContainsRegex("[(, ]" + std::to_string(configured) + "[,)]")));
 }
 
 TEST_F(Probe, DestroyingTheManagerWaitsForAProbeOnAnotherThread) {

@@ -132,7 +132,10 @@ inline KeeperLossSweep sweep_after_keeper_loss(const std::vector<pid_t>& groups,
   // What escaped both: a descendant that left its group before the keeper
   // saw it as a daemon. Members of the groups and the daemons are not news.
   for (pid_t pid : processes_with_marker(marker)) {
+    // Its group before the kill: one that died meanwhile (a member of a
+    // group killed above) is no news, and its group can no longer be read.
     const pid_t pgid = ::getpgid(pid);
+    if (pgid < 0) continue;
     ::kill(pid, SIGKILL);
     const bool known = std::find(groups.begin(), groups.end(), pgid) != groups.end() ||
                        std::find(out.daemons.begin(), out.daemons.end(), pid) != out.daemons.end() ||
