@@ -34,10 +34,6 @@
 namespace pymanager {
 inline namespace v1 {
 
-enum class OutputStream { out, err };
-
-inline const char* to_string(OutputStream stream) { return stream == OutputStream::out ? "stdout" : "stderr"; }
-
 /// One line of a process's output. The views are valid during the call only.
 struct OutputLine {
   std::size_t process = 0;  ///< 0-based index in Config::processes

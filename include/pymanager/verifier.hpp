@@ -67,6 +67,17 @@ enum class MessageCategory {
   verifier_verbose,  ///< "verifier.verbose": everything a verifier has to say
 };
 
+/// Which of a process's streams a line came from.
+enum class OutputStream { out, err };
+
+inline const char* to_string(OutputStream stream) { return stream == OutputStream::out ? "stdout" : "stderr"; }
+
+/// One line a process printed, as a verifier that reads output gets it.
+struct SeenLine {
+  OutputStream stream = OutputStream::out;
+  std::string text;  ///< without its newline
+};
+
 /// A short command run on a verifier's behalf (a probe: `pg_isready`, a
 /// health script). The keeper spawns it in a process group of its own, with
 /// the manager's environment and its mark; whatever of it is left when it
@@ -121,6 +132,28 @@ class VerifyContext {
     result.error = "commands cannot be run from this verifier context";
     return result;
   }
+  /// run_probe as the process itself would run `command`: in its working
+  /// directory, with its environment (`environment_file` sourced first when
+  /// it has one, then `options.environment`). `command.working_directory`
+  /// and `command.environment` are ignored.
+  virtual ProbeResult run_in_process_environment(const ProbeCommand& command, Clock::time_point deadline) {
+    return run_probe(command, deadline);
+  }
+  /// The process's working directory, absolute ("" when unknown: the
+  /// current directory).
+  virtual std::string working_directory() const { return {}; }
+  /// For a verifier whose reads_output() is true: the next line the process
+  /// printed in this run, from its first byte and in order (stdout and
+  /// stderr as they were read), whether or not its output is suppressed or
+  /// redirected. nullopt at `until`, once the verifier is cancelled, or
+  /// once the process has exited and every line it printed was returned.
+  virtual std::optional<SeenLine> next_line(Clock::time_point until) {
+    sleep_until(until);
+    return std::nullopt;
+  }
+  /// Lines the manager could not keep for next_line (the process printed
+  /// faster than the verifier read, beyond a bounded backlog), so far.
+  virtual std::size_t lines_missed() const { return 0; }
 };
 
 struct VerifyResult {
@@ -143,6 +176,10 @@ class Verifier {
   /// the manager then does not fail the verifier early when the process exits,
   /// and does not report the exit as an unexpected death.
   virtual bool expects_exit() const { return false; }
+  /// True for verifiers that read the process's output (VerifyContext::
+  /// next_line): the manager then keeps every line of each run for them,
+  /// from before the process is spawned.
+  virtual bool reads_output() const { return false; }
 };
 
 /// Reads a verifier's `arguments` by name and type, with errors that name the
@@ -220,6 +257,73 @@ VerifyResult retry_until(VerifyContext& context, double timeout, double interval
     // sleep_until returns early on exit or shutdown; the checks above then report it.
     context.sleep_until(std::min(now + pause, deadline));
     pause = std::min(pause * 2, max_pause);
+  }
+}
+
+/// How often a readiness check is tried by poll_until: every `fast_pause`
+/// during the first `fast_period` of waiting (a refused connection on
+/// loopback, a stat or a look at a queue cost microseconds, so readiness is
+/// seen within about 2 ms for well under 5% of a core), then with a pause
+/// that doubles up to `interval`.
+struct PollSchedule {
+  Clock::duration fast_pause = std::chrono::milliseconds(1);
+  Clock::duration fast_period = std::chrono::seconds(10);
+  Clock::duration interval = std::chrono::seconds(1);
+
+  /// The schedule of a verifier whose longest pause is `interval` seconds.
+  static PollSchedule with_interval(double interval) {
+    PollSchedule schedule;
+    schedule.interval = std::max(seconds_to_duration(interval), schedule.fast_pause);
+    return schedule;
+  }
+};
+
+/// Like retry_until, on a PollSchedule: calls `attempt` until it passes,
+/// `timeout` seconds pass, the process exits with a non-zero code or a
+/// signal (an exit with code 0 may be a launcher that daemonized: trying
+/// goes on), or shutdown begins. `attempt(pause)` gets the pause the
+/// schedule would take next and returns the result of one try; a failure
+/// whose pause should be longer (a service that answered "not yet") may
+/// sleep by itself through context.sleep_until. Failed attempts are logged
+/// (verifier.fail) when what they saw changes, and at most once a second
+/// otherwise.
+template <class Attempt>
+VerifyResult poll_until(VerifyContext& context, double timeout, const PollSchedule& schedule, Attempt attempt) {
+  const auto start = Clock::now();
+  const auto deadline = start + seconds_to_duration(timeout);
+  auto slow_pause = schedule.fast_pause;
+  VerifyResult last = VerifyResult::failure("no attempt made");
+  std::string logged;
+  auto next_log = start;
+  for (long attempt_number = 1;; ++attempt_number) {
+    if (context.cancelled()) return VerifyResult::failure("shutdown began while verifying (" + last.message + ")");
+    auto now = Clock::now();
+    if (attempt_number > 1 && now >= deadline) {
+      return VerifyResult::failure("timed out after " + format_seconds(timeout) + " (last attempt: " + last.message + ")" +
+                                   (context.exit_status() ? "; the process had exited with exit code 0" : ""));
+    }
+    const bool fast = now - start < schedule.fast_period;
+    const auto pause = fast ? schedule.fast_pause : slow_pause;
+    last = attempt(pause);
+    if (last.passed) {
+      context.log(MessageCategory::verifier_verbose, "attempt " + std::to_string(attempt_number) + " passed");
+      return last;
+    }
+    now = Clock::now();
+    if (last.message != logged || now >= next_log) {
+      context.log(MessageCategory::verifier_fail, "attempt " + std::to_string(attempt_number) + " failed: " + last.message);
+      logged = last.message;
+      next_log = now + std::chrono::seconds(1);
+    }
+    auto exited = context.exit_status();
+    if (exited && (exited->signaled || exited->value != 0)) {
+      return VerifyResult::failure("process exited with " + exited->describe() + " while verifying (last attempt: " +
+                                   last.message + ")");
+    }
+    if (now >= deadline) continue;  // reported above, with the exit if any
+    if (!fast) slow_pause = std::min(slow_pause * 2, schedule.interval);
+    // sleep_until returns early on exit or shutdown; the checks above then report it.
+    context.sleep_until(std::min(now + pause, deadline));
   }
 }
 
