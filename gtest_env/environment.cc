@@ -477,7 +477,7 @@ class Session {
     has_verifier_.clear();
     for (const auto& spec : config.processes) {
       names_.push_back(spec.name);
-      has_verifier_.push_back(spec.verifier.has_value());
+      has_verifier_.push_back(!spec.verifiers.empty());
       std::string file = scope_dir.empty() ? "" : scope_dir + "/" + file_name_for(spec.name) + ".log";
       if (spec.suppress_output) file.clear();
       if (spec.redirect_output) {

@@ -210,11 +210,11 @@ TEST(ConfigParse, SeedReadmeExampleParses) {
   EXPECT_FALSE(test.redirect_output.has_value());
   EXPECT_TRUE(test.shell.empty());
 
-  ASSERT_TRUE(test.verifier.has_value());
-  EXPECT_EQ(test.verifier->type, kHttpOk);
-  EXPECT_EQ(test.verifier->arguments, nlohmann::json({{"url", "http://google.com"}}));
-  ASSERT_NE(test.verifier->verifier, nullptr);
-  auto http = std::dynamic_pointer_cast<const pymanager::HttpOkVerifier>(test.verifier->verifier);
+  ASSERT_FALSE(test.verifiers.empty());
+  EXPECT_EQ(test.verifiers.at(0).type, kHttpOk);
+  EXPECT_EQ(test.verifiers.at(0).arguments, nlohmann::json({{"url", "http://google.com"}}));
+  ASSERT_NE(test.verifiers.at(0).verifier, nullptr);
+  auto http = std::dynamic_pointer_cast<const pymanager::HttpOkVerifier>(test.verifiers.at(0).verifier);
   ASSERT_NE(http, nullptr);
   EXPECT_EQ(http->url(), "http://google.com");
   EXPECT_FALSE(http->expects_exit());
@@ -244,7 +244,7 @@ TEST(ConfigParse, DefaultsOfAMinimalConfig) {
   EXPECT_FALSE(web.working_directory.has_value());
   EXPECT_FALSE(web.environment_file.has_value());
   EXPECT_TRUE(web.shell.empty());
-  EXPECT_FALSE(web.verifier.has_value());
+  EXPECT_TRUE(web.verifiers.empty());
 }
 
 TEST(ConfigParse, HttpSectionWithoutPortKeepsDefaultPort) {
@@ -812,27 +812,27 @@ TEST(ConfigVerifier, ExitedVerifierParses) {
   Config config = pymanager::parse_config(config_with_verifier(kExited, {{"timeout", 5}, {"expect_code", 3}}),
                                           builtins());
   const auto& web = config.processes.at(0);
-  ASSERT_TRUE(web.verifier.has_value());
-  EXPECT_EQ(web.verifier->type, kExited);
-  EXPECT_EQ(web.verifier->arguments, nlohmann::json({{"timeout", 5}, {"expect_code", 3}}));
-  ASSERT_NE(std::dynamic_pointer_cast<const pymanager::ExitedVerifier>(web.verifier->verifier), nullptr);
-  EXPECT_TRUE(web.verifier->verifier->expects_exit());
+  ASSERT_FALSE(web.verifiers.empty());
+  EXPECT_EQ(web.verifiers.at(0).type, kExited);
+  EXPECT_EQ(web.verifiers.at(0).arguments, nlohmann::json({{"timeout", 5}, {"expect_code", 3}}));
+  ASSERT_NE(std::dynamic_pointer_cast<const pymanager::ExitedVerifier>(web.verifiers.at(0).verifier), nullptr);
+  EXPECT_TRUE(web.verifiers.at(0).verifier->expects_exit());
 }
 
 TEST(ConfigVerifier, ArgumentsMayBeOmitted) {
   Json config = config_with_verifier(kExited, Json::object());
   config["processes"]["web"]["verifier"].erase("arguments");
   Config parsed = pymanager::parse_config(config, builtins());
-  ASSERT_TRUE(parsed.processes.at(0).verifier.has_value());
-  EXPECT_EQ(parsed.processes.at(0).verifier->arguments, nlohmann::json::object());
-  EXPECT_NE(parsed.processes.at(0).verifier->verifier, nullptr);
+  ASSERT_FALSE(parsed.processes.at(0).verifiers.empty());
+  EXPECT_EQ(parsed.processes.at(0).verifiers.at(0).arguments, nlohmann::json::object());
+  EXPECT_NE(parsed.processes.at(0).verifiers.at(0).verifier, nullptr);
 }
 
 TEST(ConfigVerifier, HttpVerifierWithAllArguments) {
   Json arguments = parse_json(R"({"url": "https://127.0.0.1:8443/health?x=1", "timeout": 2, "interval": 0.5,
       "headers": {"Authorization": "Bearer t"}})");
   Config config = pymanager::parse_config(config_with_verifier(kHttpOk, arguments), builtins());
-  auto http = std::dynamic_pointer_cast<const pymanager::HttpOkVerifier>(config.processes.at(0).verifier->verifier);
+  auto http = std::dynamic_pointer_cast<const pymanager::HttpOkVerifier>(config.processes.at(0).verifiers.at(0).verifier);
   ASSERT_NE(http, nullptr);
   EXPECT_EQ(http->url(), "https://127.0.0.1:8443/health?x=1");
 }
@@ -975,14 +975,14 @@ TEST(ConfigVerifier, UserRegisteredVerifier) {
 
   ASSERT_EQ(parsed.processes.size(), 2u);
   const auto& db = parsed.processes[0];
-  ASSERT_TRUE(db.verifier.has_value());
-  EXPECT_EQ(db.verifier->type, "mymod.MyVerifier");
-  EXPECT_EQ(db.verifier->arguments, call.arguments);
-  EXPECT_EQ(db.verifier->verifier.get(), call.made.get());
-  auto mine = std::dynamic_pointer_cast<const MyVerifier>(db.verifier->verifier);
+  ASSERT_FALSE(db.verifiers.empty());
+  EXPECT_EQ(db.verifiers.at(0).type, "mymod.MyVerifier");
+  EXPECT_EQ(db.verifiers.at(0).arguments, call.arguments);
+  EXPECT_EQ(db.verifiers.at(0).verifier.get(), call.made.get());
+  auto mine = std::dynamic_pointer_cast<const MyVerifier>(db.verifiers.at(0).verifier);
   ASSERT_NE(mine, nullptr);
   EXPECT_EQ(mine->arguments().at("port"), 5432);
-  EXPECT_FALSE(parsed.processes[1].verifier.has_value());
+  EXPECT_TRUE(parsed.processes[1].verifiers.empty());
 
   // Registered but not listed under modules: still rejected, as the original did.
   config.erase("modules");
@@ -1074,8 +1074,8 @@ TEST_F(ConfigFile, ValidFileIsParsed) {
   EXPECT_TRUE(config.http.enabled);
   ASSERT_EQ(config.processes.size(), 1u);
   EXPECT_EQ(config.processes[0].name, "test");
-  ASSERT_TRUE(config.processes[0].verifier.has_value());
-  EXPECT_EQ(config.processes[0].verifier->type, kHttpOk);
+  ASSERT_FALSE(config.processes[0].verifiers.empty());
+  EXPECT_EQ(config.processes[0].verifiers.at(0).type, kHttpOk);
 }
 
 TEST_F(ConfigFile, FileKeepsProcessOrder) {

@@ -75,7 +75,7 @@ TEST_F(LoadConfig, PortPlaceholdersAreExpandedAndHeldByTheReturnedAllocator) {
   const std::string port = std::to_string(options.low);
   ASSERT_EQ(loaded.config.processes.size(), 1u);
   EXPECT_THAT(loaded.config.processes[0].arguments, ElementsAre("--port", port));
-  EXPECT_EQ(loaded.config.processes[0].verifier->arguments["url"], "http://127.0.0.1:" + port + "/health");
+  EXPECT_EQ(loaded.config.processes[0].verifiers.at(0).arguments["url"], "http://127.0.0.1:" + port + "/health");
   EXPECT_EQ(loaded.source_name, path);
   ASSERT_NE(loaded.ports, nullptr);
   EXPECT_EQ(loaded.ports->find("web"), options.low);

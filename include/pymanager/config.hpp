@@ -40,6 +40,8 @@ struct VerifierSpec {
   std::string type;                          ///< `module.Class`, e.g. pymutils.http_verifier.HttpOkVerifier
   nlohmann::json arguments = nlohmann::json::object();
   std::shared_ptr<const Verifier> verifier;  ///< made by the registry's factory from `arguments`
+  /// Where it is written: `verifier`, or `verifiers[1]` (relative to its process).
+  std::string key = "verifier";
 };
 
 /// `"started"`: the dependency was spawned; `"verified"`: its verifier passed (or, without a verifier, it was spawned).
@@ -68,7 +70,17 @@ struct ProcessSpec {
   /// `options.shell`: run `<shell> -c <executable> <arguments...>`, as Python's
   /// Popen(shell=True) did (the arguments become $0, $1, ...). Empty: no shell.
   std::string shell;
-  std::optional<VerifierSpec> verifier;
+  /// `verifier` (the seed's one check) or `verifiers` (a list): all must
+  /// pass, in order. Empty: the process is ready once it was spawned.
+  std::vector<VerifierSpec> verifiers;
+  /// True when a verifier succeeds by the process's exit (ExitedVerifier).
+  bool expects_exit() const {
+    return std::any_of(verifiers.begin(), verifiers.end(), [](const VerifierSpec& v) { return v.verifier->expects_exit(); });
+  }
+  /// True when a verifier reads the process's output (OutputVerifier).
+  bool reads_output() const {
+    return std::any_of(verifiers.begin(), verifiers.end(), [](const VerifierSpec& v) { return v.verifier->reads_output(); });
+  }
   /// `depends_on`: the processes that must be started or verified before this
   /// one starts, in the order written. nullopt: the key is absent; an empty
   /// list counts as present (see Config::uses_dependencies).
@@ -529,8 +541,20 @@ inline ProcessSpec parse_process(const std::string& name, const OJson& value, co
   if (const OJson* depends_on = reader.member("depends_on")) {
     spec.depends_on = parse_depends_on(*depends_on, reader.path_of("depends_on"), name);
   }
-  if (const OJson* verifier = reader.member("verifier")) {
-    spec.verifier = parse_verifier(*verifier, reader.path_of("verifier"), config, registry);
+  const OJson* verifier = reader.member("verifier");
+  const OJson* verifiers = reader.member("verifiers");
+  if (verifier != nullptr && verifiers != nullptr) {
+    throw_config_error(reader.path_of("verifiers"), "give either verifier (one check) or verifiers (a list), not both");
+  }
+  if (verifier != nullptr) spec.verifiers.push_back(parse_verifier(*verifier, reader.path_of("verifier"), config, registry));
+  if (verifiers != nullptr) {
+    const std::string list_path = reader.path_of("verifiers");
+    if (!verifiers->is_array()) throw_config_error(list_path, "expected a list of verifiers, got " + describe_json_type(*verifiers));
+    for (std::size_t k = 0; k < verifiers->size(); ++k) {
+      const std::string key = "verifiers[" + std::to_string(k) + "]";
+      spec.verifiers.push_back(parse_verifier((*verifiers)[k], list_path + "[" + std::to_string(k) + "]", config, registry));
+      spec.verifiers.back().key = key;
+    }
   }
   reader.finish();
   return spec;

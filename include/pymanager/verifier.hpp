@@ -142,11 +142,15 @@ class VerifyContext {
   /// The process's working directory, absolute ("" when unknown: the
   /// current directory).
   virtual std::string working_directory() const { return {}; }
+  /// The config's `default_shell`, for commands given as one string.
+  virtual std::string default_shell() const { return "/bin/sh"; }
   /// For a verifier whose reads_output() is true: the next line the process
   /// printed in this run, from its first byte and in order (stdout and
   /// stderr as they were read), whether or not its output is suppressed or
   /// redirected. nullopt at `until`, once the verifier is cancelled, or
-  /// once the process has exited and every line it printed was returned.
+  /// once the process has exited with a non-zero code or a signal and every
+  /// line it printed was returned (after an exit with code 0 a daemon it
+  /// left may still print: the wait goes on).
   virtual std::optional<SeenLine> next_line(Clock::time_point until) {
     sleep_until(until);
     return std::nullopt;
@@ -267,6 +271,10 @@ VerifyResult retry_until(VerifyContext& context, double timeout, double interval
 /// that doubles up to `interval`.
 struct PollSchedule {
   Clock::duration fast_pause = std::chrono::milliseconds(1);
+  /// The pause during `fast_period` doubles from fast_pause up to this
+  /// (zero: it stays fast_pause). For checks that cost more than a
+  /// connect, such as running a command.
+  Clock::duration fast_max = Clock::duration::zero();
   Clock::duration fast_period = std::chrono::seconds(10);
   Clock::duration interval = std::chrono::seconds(1);
 
@@ -291,7 +299,7 @@ template <class Attempt>
 VerifyResult poll_until(VerifyContext& context, double timeout, const PollSchedule& schedule, Attempt attempt) {
   const auto start = Clock::now();
   const auto deadline = start + seconds_to_duration(timeout);
-  auto slow_pause = schedule.fast_pause;
+  auto pause = schedule.fast_pause;
   VerifyResult last = VerifyResult::failure("no attempt made");
   std::string logged;
   auto next_log = start;
@@ -303,7 +311,6 @@ VerifyResult poll_until(VerifyContext& context, double timeout, const PollSchedu
                                    (context.exit_status() ? "; the process had exited with exit code 0" : ""));
     }
     const bool fast = now - start < schedule.fast_period;
-    const auto pause = fast ? schedule.fast_pause : slow_pause;
     last = attempt(pause);
     if (last.passed) {
       context.log(MessageCategory::verifier_verbose, "attempt " + std::to_string(attempt_number) + " passed");
@@ -321,9 +328,12 @@ VerifyResult poll_until(VerifyContext& context, double timeout, const PollSchedu
                                    last.message + ")");
     }
     if (now >= deadline) continue;  // reported above, with the exit if any
-    if (!fast) slow_pause = std::min(slow_pause * 2, schedule.interval);
     // sleep_until returns early on exit or shutdown; the checks above then report it.
     context.sleep_until(std::min(now + pause, deadline));
+    // After the fast period, the pause doubles up to `interval` (never
+    // shorter than it was).
+    const auto limit = fast ? std::max(schedule.fast_max, schedule.fast_pause) : std::max(schedule.interval, pause);
+    pause = std::min(pause * 2, limit);
   }
 }
 

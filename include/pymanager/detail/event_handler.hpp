@@ -45,7 +45,15 @@ class EventHandler : public CoreListener {
         if (ours) s_.output.write_run(*static_cast<RunOutput*>(event.context), event.text);
         return;
       case Type::output_line:
-        if (ours) s_.output.deliver(event.id, event.stream, event.text, event.complete);
+        if (!ours) return;
+        if (auto* run = static_cast<RunOutput*>(event.context); run != nullptr && run->feed && !run->feed->closed()) {
+          {
+            std::lock_guard<std::mutex> lock(s_.mutex);
+            run->feed->push(event.stream, event.text);
+          }
+          s_.changed.notify_all();
+        }
+        s_.output.deliver(event.id, event.stream, event.text, event.complete);
         return;
       case Type::exited:
         if (ours) on_exited(event.id, event);
@@ -207,7 +215,7 @@ class EventHandler : public CoreListener {
         --s_.spawns_in_flight;
         ++p.launches;
         s_.scheduler.mark_started(i);
-        if (p.spec.verifier) {
+        if (!p.spec.verifiers.empty()) {
           s_.table.set_state(i, ProcessState::verifying);
           if (p.verify_in_pool && !p.stop) s_.to_verify.push_back(i);
         } else {

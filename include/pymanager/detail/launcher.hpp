@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "pymanager/detail/fd.hpp"
+#include "pymanager/detail/line_feed.hpp"
 #include "pymanager/detail/manager_shared.hpp"
 #include "pymanager/detail/probe_runner.hpp"
 #include "pymanager/error.hpp"
@@ -79,6 +80,29 @@ class VerifierContext : public VerifyContext {
   }
   ProbeResult run_probe(const ProbeCommand& command, Clock::time_point deadline) override {
     return ProbeRunner(s_).run(command, deadline, [this] { return cancelled_locked(); });
+  }
+  ProbeResult run_in_process_environment(const ProbeCommand& command, Clock::time_point deadline) override {
+    return ProbeRunner(s_).run(command, deadline, [this] { return cancelled_locked(); }, &s_.table[index_].spec);
+  }
+  std::string working_directory() const override {
+    std::lock_guard<std::mutex> lock(s_.mutex);
+    return s_.table[index_].working_directory;
+  }
+  std::string default_shell() const override { return s_.config.default_shell; }
+  std::optional<SeenLine> next_line(Clock::time_point until) override {
+    std::unique_lock<std::mutex> lock(s_.mutex);
+    const ProcRecord& p = s_.table[index_];
+    const std::shared_ptr<LineFeed> feed = p.feed;
+    auto failed_exit = [&] { return p.exit && (p.exit->signaled || p.exit->value != 0); };
+    s_.changed.wait_until(lock, until, [&] {
+      return cancelled_locked() || (feed && !feed->empty()) || failed_exit();
+    });
+    if (feed && !feed->empty() && !cancelled_locked()) return feed->pop();
+    return std::nullopt;
+  }
+  std::size_t lines_missed() const override {
+    std::lock_guard<std::mutex> lock(s_.mutex);
+    return s_.table[index_].feed ? s_.table[index_].feed->missed() : 0;
   }
   void log(MessageCategory category, const std::string& message) override {
     const auto& messages = s_.config.messages;
@@ -160,10 +184,11 @@ class Launcher {
     {
       std::unique_lock<std::mutex> lock(s_.mutex);
       wait_spawned_locked(lock, i);
-      if (!s_.table[i].spec.verifier) return;
+      if (s_.table[i].spec.verifiers.empty()) return;
     }
-    VerifyResult result = call_verifier(i);
-    std::string message = result.passed ? std::string() : failure_message(i, result);
+    const VerifierSpec* failed = nullptr;
+    VerifyResult result = call_verifier(i, &failed);
+    std::string message = result.passed ? std::string() : failure_message(i, result, *failed);
     bool begun;
     {
       std::lock_guard<std::mutex> lock(s_.mutex);
@@ -254,6 +279,7 @@ class Launcher {
     std::optional<std::string> redirect;
     if (p.spec.redirect_output) redirect = join_dir(s_.config.base_directory, *p.spec.redirect_output);
     auto output = s_.output.open_run(i, redirect, launches == 0);
+    if (p.spec.reads_output()) output->feed = std::make_shared<LineFeed>();
     CoreRequest request;
     try {
       request = ProcessCore::spawn_request(static_cast<std::uint32_t>(i), plan, std::move(pipes[0].write),
@@ -274,7 +300,10 @@ class Launcher {
       p.spawn_pending = true;
       p.spawn_errno = 0;
       p.exit.reset();
-      p.exit_expected = p.spec.verifier && p.spec.verifier->verifier->expects_exit();
+      p.exit_expected = p.spec.expects_exit();
+      // The lines of this run, from its first byte, for the verifiers that read them.
+      if (p.feed) p.feed->close();
+      p.feed = output->feed;
       p.stop.reset();
       p.killed = false;
       p.abandoned = false;
@@ -307,8 +336,9 @@ class Launcher {
 
   /// On a pool thread during start-up.
   void run_verifier(std::size_t i) {
-    VerifyResult result = call_verifier(i);
-    std::string message = result.passed ? std::string() : failure_message(i, result);
+    const VerifierSpec* failed = nullptr;
+    VerifyResult result = call_verifier(i, &failed);
+    std::string message = result.passed ? std::string() : failure_message(i, result, *failed);
     {
       std::lock_guard<std::mutex> lock(s_.mutex);
       const bool cancelled = s_.stops.shutdown_begun() || s_.scheduler.failed();
@@ -318,28 +348,40 @@ class Launcher {
     s_.changed.notify_all();
   }
 
-  VerifyResult call_verifier(std::size_t i) {
+  /// Every verifier of process i in turn, until one fails: the result, and
+  /// the one that failed.
+  VerifyResult call_verifier(std::size_t i, const VerifierSpec** failed = nullptr) {
     const ProcessSpec& spec = s_.table[i].spec;
     VerifierContext context(s_, i);
-    VerifyResult result;
-    try {
-      result = spec.verifier->verifier->verify(context);
-    } catch (const std::exception& e) {
-      // A user-written verifier's exception is its failure, not the end of
-      // the manager.
-      result = VerifyResult::failure(std::string("the verifier threw: ") + e.what());
-    } catch (...) {
-      result = VerifyResult::failure("the verifier threw");
-    }
-    if (result.passed && (s_.options.verbose || s_.config.messages.verifier_verbose)) {
-      s_.log(quote(spec.name) + " verified by " + spec.verifier->type + (result.message.empty() ? "" : ": " + result.message));
+    VerifyResult result = VerifyResult::ok();
+    for (const VerifierSpec& verifier : spec.verifiers) {
+      try {
+        result = verifier.verifier->verify(context);
+      } catch (const std::exception& e) {
+        // A user-written verifier's exception is its failure, not the end of
+        // the manager.
+        result = VerifyResult::failure(std::string("the verifier threw: ") + e.what());
+      } catch (...) {
+        result = VerifyResult::failure("the verifier threw");
+      }
+      if (!result.passed) {
+        if (failed != nullptr) *failed = &verifier;
+        return result;
+      }
+      if (s_.options.verbose || s_.config.messages.verifier_verbose) {
+        s_.log(quote(spec.name) + " verified by " + verifier.type +
+               (spec.verifiers.size() > 1 ? " (" + verifier.key + ")" : std::string()) +
+               (result.message.empty() ? "" : ": " + result.message));
+      }
     }
     return result;
   }
 
-  std::string failure_message(std::size_t i, const VerifyResult& result) const {
+  std::string failure_message(std::size_t i, const VerifyResult& result, const VerifierSpec& verifier) const {
     const ProcessSpec& spec = s_.table[i].spec;
-    std::string message = "process " + quote(spec.name) + ": verifier " + spec.verifier->type + " failed: " + result.message;
+    std::string message = "process " + quote(spec.name) + ": verifier " + verifier.type +
+                          (spec.verifiers.size() > 1 ? " (" + verifier.key + ")" : std::string()) +
+                          " failed: " + result.message;
     auto lines = s_.output.tail(i, 10);
     if (!lines.empty()) {
       message += "\nlast output of " + quote(spec.name) + ":";
@@ -350,6 +392,9 @@ class Launcher {
 
   void after_verified_locked(std::size_t i, bool passed) {
     ProcRecord& p = s_.table[i];
+    // The verifiers are done with this run's lines.
+    if (p.feed) p.feed->close();
+    p.feed.reset();
     if (p.state != ProcessState::verifying) return;  // stopped meanwhile
     if (!passed) {
       // A verifier cancelled by the shutdown or another's failure did not fail.

@@ -46,6 +46,8 @@ struct RunOutput {
   std::unique_ptr<StreamWriter> file_writer;
   std::string file_path;
   bool file_failed = false;
+  /// Every line, for the verifiers that read output (or none).
+  std::shared_ptr<LineFeed> feed;
 };
 
 class OutputRouter {

@@ -34,7 +34,10 @@ class ProbeRunner {
 
   /// `cancelled_locked` (called under the lock) ends the wait early. The
   /// wait is bounded by `deadline`, then by 5 s for the kill to be seen.
-  ProbeResult run(const ProbeCommand& command, Clock::time_point deadline, const std::function<bool()>& cancelled_locked) {
+  /// With `process`, the command runs as that process would: in its working
+  /// directory, with its environment_file and environment.
+  ProbeResult run(const ProbeCommand& command, Clock::time_point deadline, const std::function<bool()>& cancelled_locked,
+                  const ProcessSpec* process = nullptr) {
     ProbeResult result;
     if (command.argv.empty() || command.argv[0].empty()) {
       result.error = "the probe's command is empty";
@@ -70,7 +73,7 @@ class ProbeRunner {
     CoreRequest request;
     Pipe pipe;
     try {
-      LaunchPlan plan = make_launch_plan(spec_of(command), s_.config, s_.options.extra_environment);
+      LaunchPlan plan = make_launch_plan(spec_of(command, process), s_.config, s_.options.extra_environment);
       plan.envp.erase(std::remove_if(plan.envp.begin(), plan.envp.end(),
                                      [](const std::string& e) { return e.rfind("PYMANAGER_OWNER=", 0) == 0; }),
                       plan.envp.end());
@@ -150,13 +153,19 @@ class ProbeRunner {
     bool submitted = false;  ///< the spawn was queued: its events will come
   };
 
-  static ProcessSpec spec_of(const ProbeCommand& command) {
+  static ProcessSpec spec_of(const ProbeCommand& command, const ProcessSpec* process) {
     ProcessSpec spec;
     spec.name = command.argv[0];
     spec.executable = command.argv[0];
     spec.arguments.assign(command.argv.begin() + 1, command.argv.end());
-    spec.working_directory = command.working_directory;
-    spec.environment = command.environment;
+    if (process != nullptr) {
+      spec.working_directory = process->working_directory;
+      spec.environment_file = process->environment_file;
+      spec.environment = process->environment;
+    } else {
+      spec.working_directory = command.working_directory;
+      spec.environment = command.environment;
+    }
     return spec;
   }
 

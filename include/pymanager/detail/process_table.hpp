@@ -21,6 +21,7 @@
 
 #include "pymanager/config.hpp"
 #include "pymanager/detail/keeper.hpp"
+#include "pymanager/detail/line_feed.hpp"
 #include "pymanager/error.hpp"
 #include "pymanager/launch_scheduler.hpp"
 #include "pymanager/process.hpp"
@@ -56,6 +57,8 @@ struct ProcRecord {
   /// in uninterruptible sleep): given up on, so that nothing waits for ever.
   bool abandoned = false;
   bool failed = false;  ///< this run failed (spawn or verifier): its stop ends in `failed`
+  /// This run's lines, while a verifier that reads output runs.
+  std::shared_ptr<LineFeed> feed;
 };
 
 /// What to do once the Manager's lock is released: messages to log.

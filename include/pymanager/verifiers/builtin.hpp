@@ -3,18 +3,26 @@
 #define PYMANAGER_VERIFIERS_BUILTIN_HPP
 
 #include "pymanager/verifier.hpp"
+#include "pymanager/verifiers/command_verifier.hpp"
 #include "pymanager/verifiers/exited_verifier.hpp"
+#include "pymanager/verifiers/file_verifier.hpp"
 #include "pymanager/verifiers/http_verifier.hpp"
+#include "pymanager/verifiers/output_verifier.hpp"
 
 namespace pymanager {
 inline namespace v1 {
 
 /// A registry holding HttpOkVerifier and ExitedVerifier under the original's
-/// names; add your own verifiers to it with `add("mymodule.MyVerifier", factory)`.
+/// names, and module pymanager.verifiers (OutputVerifier, FileVerifier,
+/// CommandVerifier, TcpVerifier, HttpVerifier); add your own verifiers to it
+/// with `add("mymodule.MyVerifier", factory)`.
 inline VerifierRegistry builtin_verifiers() {
   VerifierRegistry registry;
   registry.add(HttpOkVerifier::kName, &HttpOkVerifier::from_arguments);
   registry.add(ExitedVerifier::kName, &ExitedVerifier::from_arguments);
+  registry.add(OutputVerifier::kName, &OutputVerifier::from_arguments);
+  registry.add(FileVerifier::kName, &FileVerifier::from_arguments);
+  registry.add(CommandVerifier::kName, &CommandVerifier::from_arguments);
   return registry;
 }
 
