@@ -5,16 +5,20 @@
 #include "pymanager/verifier.hpp"
 #include "pymanager/verifiers/exited_verifier.hpp"
 #include "pymanager/verifiers/http_verifier.hpp"
+#include "pymanager/verifiers/tcp_verifier.hpp"
 
 namespace pymanager {
 inline namespace v1 {
 
 /// A registry holding HttpOkVerifier and ExitedVerifier under the original's
-/// names; add your own verifiers to it with `add("mymodule.MyVerifier", factory)`.
+/// names, and pymanager's own under module pymanager.verifiers; add your own verifiers to it with `add("mymodule.MyVerifier", factory)`.
 inline VerifierRegistry builtin_verifiers() {
   VerifierRegistry registry;
   registry.add(HttpOkVerifier::kName, &HttpOkVerifier::from_arguments);
   registry.add(ExitedVerifier::kName, &ExitedVerifier::from_arguments);
+  // pymanager.verifiers
+  registry.add(TcpVerifier::kName, &TcpVerifier::from_arguments);
+  registry.add(HttpVerifier::kName, &HttpVerifier::from_arguments);
   return registry;
 }
 
