@@ -322,11 +322,12 @@ inline VerifyResult http_poll(VerifyContext& context, const HttpCheck& check) {
   const auto deadline = Clock::now() + seconds_to_duration(check.timeout);
   const Clock::duration max_answered_pause =
       std::max<Clock::duration>(std::min<Clock::duration>(kAnsweredMaxPause, schedule.interval), schedule.fast_pause);
+  TcpProbe probe(url.host, url.port);
   bool connect_first = true;
   Clock::duration answered_pause = kAnsweredFirstPause;
   return poll_until(context, check.timeout, schedule, [&](Clock::duration pause) {
     if (connect_first) {
-      ConnectResult connected = connect_host(url.host, url.port, deadline);
+      ConnectResult connected = probe.attempt(deadline);
       if (!connected.accepted) return VerifyResult::failure(connected.message);
       connect_first = false;
     }

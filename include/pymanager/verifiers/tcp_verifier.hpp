@@ -83,8 +83,9 @@ class TcpVerifier : public Verifier {
     const std::string where = (host_.find(':') != std::string::npos ? "[" + host_ + "]" : host_) + ":" + std::to_string(port_);
     context.log(MessageCategory::verifier_verbose, "connecting to " + where);
     const auto deadline = Clock::now() + seconds_to_duration(timeout_);
+    detail::TcpProbe probe(host_, port_);
     return poll_until(context, timeout_, PollSchedule::with_interval(interval_), [&](Clock::duration) {
-      detail::ConnectResult r = detail::connect_host(host_, port_, deadline);
+      detail::ConnectResult r = probe.attempt(deadline);
       if (r.accepted) return VerifyResult::ok("connected to " + where);
       return VerifyResult::failure(where + ": " + r.message);
     });
