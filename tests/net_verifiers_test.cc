@@ -325,6 +325,9 @@ std::unique_ptr<httplib::Server> make_paths(std::unique_ptr<httplib::Server> ser
     res.status = req.method == "HEAD" ? 200 : 405;
   });
   server->Post("/head-only", [](const httplib::Request&, httplib::Response& res) { res.status = 201; });
+  server->Get("/big", [](const httplib::Request&, httplib::Response& res) {
+    res.set_content(std::string(100 * 1024, 'a'), "text/plain");
+  });
   server->Get("/headers", [](const httplib::Request& req, httplib::Response& res) {
     res.status = req.get_header_value("X-Token") == "secret" ? 200 : 401;
   });
@@ -385,6 +388,39 @@ TEST(HttpVerifier, FailsAtOnceWhenTheProcessExitsWithCode3) {
   ServerThread server(make_paths(std::make_unique<httplib::Server>()));
   ASSERT_TRUE(server.listen("127.0.0.1", port));
   expect_fails_at_once_on_exit_3(kHttp, R"({"url": ")" + url(port, "/unavailable") + R"(", "timeout": 60})", "status 503");
+}
+
+TEST(HttpVerifier, ABigBodyIsReadInPartAndMatchedWithoutRunningOutOfStack) {
+  ServerThread server(make_paths(std::make_unique<httplib::Server>()));
+  int port = testutil::free_port();
+  ASSERT_TRUE(server.listen("127.0.0.1", port));
+  const std::string u = url(port, "/big");
+  // std::regex recurses per character: this pattern on 16 KiB overflows an 8 MiB stack.
+  EXPECT_EQ(against_server(kHttp, R"({"url": ")" + u + R"(", "body": "^(a|b)*$", "timeout": 20})"), "");
+  EXPECT_THAT(against_server(kHttp, R"({"url": ")" + u + R"(", "body": "b+c", "timeout": 0.3})"),
+              HasSubstr(R"(body did not match /b+c/ (body: "aaaa)"));
+  EXPECT_THAT(against_server(kHttp, R"({"url": ")" + u + R"(", "body": "b+c", "timeout": 0.3})"),
+              HasSubstr(R"(aaaa"..., first 16 KiB read))"));
+  // And it backtracks: this one takes seconds on 16 KiB; the attempt gives up
+  // on it after 250 ms and the verifier's timeout holds.
+  auto started = std::chrono::steady_clock::now();
+  EXPECT_THAT(against_server(kHttp, R"({"url": ")" + u + R"(", "body": "(a|b)*c", "timeout": 0.5})"),
+              HasSubstr("the regular expression backtracks too much for the body"));
+  EXPECT_LT(std::chrono::steady_clock::now() - started, 5s);
+}
+
+TEST(HttpVerifier, StopsWhenShutdownBeginsWhileTheServiceAnswersNotYet) {
+  ServerThread server(make_paths(std::make_unique<httplib::Server>()));
+  int port = testutil::free_port();
+  ASSERT_TRUE(server.listen("127.0.0.1", port));
+  Capture capture;
+  pymanager::Manager manager(sleeper_verified_by(kHttp, R"({"url": ")" + url(port, "/unavailable") + R"(", "timeout": 120})"),
+                             capture.options());
+  auto future = start_async(manager);
+  ASSERT_TRUE(saw_failure(capture, "status 503")) << capture.log();
+  manager.shutdown();
+  ASSERT_EQ(future.wait_for(20s), std::future_status::ready);  // long before the 120 s timeout
+  EXPECT_THAT(future.get(), HasSubstr("shut"));
 }
 
 TEST(HttpVerifier, StatusListsAndRanges) {

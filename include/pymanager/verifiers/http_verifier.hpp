@@ -6,13 +6,17 @@
 #ifndef PYMANAGER_VERIFIERS_HTTP_VERIFIER_HPP
 #define PYMANAGER_VERIFIERS_HTTP_VERIFIER_HPP
 
+#include <pthread.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
+#include <cstring>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <regex>
 #include <string>
@@ -117,7 +121,7 @@ struct HttpCheck {
   std::string url;                        ///< http:// or https://
   std::string method = "GET";             ///< GET, HEAD, POST, PUT, DELETE, PATCH or OPTIONS
   std::vector<StatusRange> statuses = {StatusRange{}};  ///< any of these passes (default 200-299)
-  std::optional<std::regex> body;         ///< the body must match it (std::regex_search), if set
+  std::shared_ptr<const std::regex> body;  ///< the body must match it (std::regex_search), if set
   std::string body_source;                ///< the regular expression as written
   std::vector<std::pair<std::string, std::string>> headers;
   bool insecure = false;                  ///< https: skip certificate verification
@@ -129,7 +133,83 @@ struct HttpCheck {
 namespace detail {
 
 /// At most this much of a body is read and matched; the rest is not read.
-constexpr std::size_t kHttpBodyLimit = std::size_t{64} * 1024;
+constexpr std::size_t kHttpBodyLimit = std::size_t{16} * 1024;
+
+/// libstdc++'s std::regex recurses once or more per character of the text
+/// (about 700 bytes of stack a character for `(a|b)*c`): on a thread's usual
+/// 8 MiB stack, 16 KiB of body crash the process. Matching runs on a thread
+/// of its own with this much stack (reserved, touched only as used): 4 KiB
+/// a character of kHttpBodyLimit.
+constexpr std::size_t kRegexStack = std::size_t{64} * 1024 * 1024;
+
+/// And it backtracks: `(a|b)*c` takes seconds on 4 KiB of "a". A match is
+/// waited for at most this long (and not past the verifier's deadline);
+/// then the attempt fails and the matcher is left to finish on its own
+/// (it owns what it reads); no other match starts until it has.
+constexpr std::chrono::milliseconds kRegexWait{250};
+
+/// One match on its own thread.
+struct RegexJob {
+  std::string text;
+  std::shared_ptr<const std::regex> regex;
+  std::mutex mutex;
+  std::condition_variable done_cv;
+  bool done = false;
+  bool matched = false;
+  std::string error;
+};
+
+/// std::regex_search(job->text, *job->regex) on a thread with kRegexStack of
+/// stack, waited for until `until`; nullopt (and `error`) when it could not
+/// run, threw, or is still running at `until` (then `job` is left running).
+inline std::optional<bool> regex_search_bounded(const std::shared_ptr<RegexJob>& job, Clock::time_point until,
+                                                std::string& error) {
+  pthread_attr_t attributes;
+  ::pthread_attr_init(&attributes);
+  ::pthread_attr_setstacksize(&attributes, kRegexStack);
+  pthread_t thread;
+  void* (*run)(void*) = [](void* argument) -> void* {
+    std::unique_ptr<std::shared_ptr<RegexJob>> owned(static_cast<std::shared_ptr<RegexJob>*>(argument));
+    RegexJob& j = **owned;
+    bool matched = false;
+    std::string failure;
+    try {
+      matched = std::regex_search(j.text, *j.regex);
+    } catch (const std::exception& e) {
+      failure = e.what();
+    }
+    std::lock_guard<std::mutex> lock(j.mutex);
+    j.matched = matched;
+    j.error = failure.empty() ? failure : "body could not be matched: " + failure;
+    j.done = true;
+    j.done_cv.notify_all();
+    return nullptr;
+  };
+  auto* argument = new std::shared_ptr<RegexJob>(job);
+  int rc = ::pthread_create(&thread, &attributes, run, argument);
+  ::pthread_attr_destroy(&attributes);
+  if (rc != 0) {
+    delete argument;
+    error = std::string("cannot start the body matcher: ") + std::strerror(rc);
+    return std::nullopt;
+  }
+  std::unique_lock<std::mutex> lock(job->mutex);
+  if (!job->done_cv.wait_until(lock, until, [&] { return job->done; })) {
+    lock.unlock();
+    ::pthread_detach(thread);
+    error = "matching the body took longer than " +
+            std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(kRegexWait).count()) +
+            " ms (the regular expression backtracks too much for this body)";
+    return std::nullopt;
+  }
+  lock.unlock();
+  ::pthread_join(thread, nullptr);
+  if (!job->error.empty()) {
+    error = job->error;
+    return std::nullopt;
+  }
+  return job->matched;
+}
 
 /// After a service answered "not yet" (a wrong status or body, or a TLS or
 /// read failure), the next attempt waits 5 ms, then 10, 20, 40, 50 ms (never
@@ -138,6 +218,11 @@ constexpr std::size_t kHttpBodyLimit = std::size_t{64} * 1024;
 /// is retried on the schedule (every 1 ms for the first 10 s).
 constexpr std::chrono::milliseconds kAnsweredFirstPause{5};
 constexpr std::chrono::milliseconds kAnsweredMaxPause{50};
+
+/// What the attempts of one verify() call share.
+struct HttpPollState {
+  std::shared_ptr<RegexJob> slow_match;  ///< a match left running by an earlier attempt
+};
 
 inline std::string describe_statuses(const std::vector<StatusRange>& statuses) {
   std::string out;
@@ -222,7 +307,7 @@ struct HttpAnswer {
 /// more than 0.1 s, so that an attempt just before the deadline still sees an
 /// answer on loopback rather than its own timeout.
 inline HttpAnswer http_request_once(VerifyContext& context, const HttpCheck& check, const ParsedUrl& url,
-                                    const std::string& address, Clock::time_point deadline) {
+                                    const std::string& address, Clock::time_point deadline, HttpPollState& state) {
   auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
   left = std::max(left, std::chrono::milliseconds(100));
   std::unique_ptr<httplib::ClientImpl> client;
@@ -282,15 +367,20 @@ inline HttpAnswer http_request_once(VerifyContext& context, const HttpCheck& che
             false};
   }
   if (check.body) {
-    bool matched = false;
-    try {
-      matched = std::regex_search(body, *check.body);
-    } catch (const std::regex_error& e) {
-      return {VerifyResult::failure(seen + ", body could not be matched: " + e.what()), false};
-    }
+    auto job = std::make_shared<RegexJob>();
+    job->text = body;
+    job->regex = check.body;
+    std::string error;
+    auto now = Clock::now();
+    std::optional<bool> matched =
+        regex_search_bounded(job, std::min(now + kRegexWait, std::max(deadline, now + std::chrono::milliseconds(10))), error);
     if (!matched) {
+      if (!job->done) state.slow_match = job;
+      return {VerifyResult::failure(seen + ", " + error), false};
+    }
+    if (!*matched) {
       return {VerifyResult::failure(seen + ", body did not match /" + check.body_source + "/ (body: " +
-                                    body_excerpt(body) + (truncated ? ", first 64 KiB read" : "") + ")"),
+                                    body_excerpt(body) + (truncated ? ", first 16 KiB read" : "") + ")"),
               false};
     }
     return {VerifyResult::ok(seen + ", body matched /" + check.body_source + "/"), false};
@@ -301,11 +391,20 @@ inline HttpAnswer http_request_once(VerifyContext& context, const HttpCheck& che
 /// One attempt: for "localhost", 127.0.0.1 and then ::1 (it may resolve to
 /// one only while the service listens on the other).
 inline HttpAnswer http_attempt(VerifyContext& context, const HttpCheck& check, const ParsedUrl& url,
-                               Clock::time_point deadline) {
-  if (url.host != "localhost") return http_request_once(context, check, url, "", deadline);
-  HttpAnswer v4 = http_request_once(context, check, url, "127.0.0.1", deadline);
+                               Clock::time_point deadline, HttpPollState& state) {
+  if (state.slow_match) {
+    std::lock_guard<std::mutex> lock(state.slow_match->mutex);
+    if (!state.slow_match->done) {
+      return {VerifyResult::failure("the body match of an earlier attempt is still running (the regular expression "
+                                    "backtracks too much for the body)"),
+              false};
+    }
+  }
+  state.slow_match.reset();
+  if (url.host != "localhost") return http_request_once(context, check, url, "", deadline, state);
+  HttpAnswer v4 = http_request_once(context, check, url, "127.0.0.1", deadline, state);
   if (v4.result.passed || context.cancelled()) return v4;
-  HttpAnswer v6 = http_request_once(context, check, url, "::1", deadline);
+  HttpAnswer v6 = http_request_once(context, check, url, "::1", deadline, state);
   if (v6.result.passed) return v6;
   return {VerifyResult::failure("127.0.0.1: " + v4.result.message + "; ::1: " + v6.result.message),
           v4.no_connection && v6.no_connection};
@@ -323,6 +422,7 @@ inline VerifyResult http_poll(VerifyContext& context, const HttpCheck& check) {
   const Clock::duration max_answered_pause =
       std::max<Clock::duration>(std::min<Clock::duration>(kAnsweredMaxPause, schedule.interval), schedule.fast_pause);
   TcpProbe probe(url.host, url.port);
+  HttpPollState state;
   bool connect_first = true;
   Clock::duration answered_pause = kAnsweredFirstPause;
   return poll_until(context, check.timeout, schedule, [&](Clock::duration pause) {
@@ -331,7 +431,7 @@ inline VerifyResult http_poll(VerifyContext& context, const HttpCheck& check) {
       if (!connected.accepted) return VerifyResult::failure(connected.message);
       connect_first = false;
     }
-    HttpAnswer answer = http_attempt(context, check, url, deadline);
+    HttpAnswer answer = http_attempt(context, check, url, deadline, state);
     if (answer.result.passed) return answer.result;
     if (answer.no_connection) {
       connect_first = true;
@@ -383,7 +483,7 @@ class HttpVerifier : public Verifier {
     if (auto body = reader.string("body")) {
       if (body->size() > 4096) detail::throw_config_error(reader.path_of("body"), "a regular expression of at most 4096 bytes");
       try {
-        check.body.emplace(*body, std::regex::ECMAScript);
+        check.body = std::make_shared<const std::regex>(*body, std::regex::ECMAScript);
       } catch (const std::regex_error& e) {
         detail::throw_config_error(reader.path_of("body"), "not a valid regular expression (ECMAScript): " + std::string(e.what()));
       }
