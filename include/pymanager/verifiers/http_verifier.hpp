@@ -135,18 +135,22 @@ namespace detail {
 /// At most this much of a body is read and matched; the rest is not read.
 constexpr std::size_t kHttpBodyLimit = std::size_t{16} * 1024;
 
-/// libstdc++'s std::regex recurses once or more per character of the text
-/// (about 700 bytes of stack a character for `(a|b)*c`): on a thread's usual
-/// 8 MiB stack, 16 KiB of body crash the process. Matching runs on a thread
-/// of its own with this much stack (reserved, touched only as used): 4 KiB
-/// a character of kHttpBodyLimit.
-constexpr std::size_t kRegexStack = std::size_t{64} * 1024 * 1024;
+/// libstdc++'s std::regex in its default (backtracking) mode recurses once
+/// or more per character of the text: `(a|b)*c` on 16 KiB of body overflows
+/// an 8 MiB stack. Body patterns are therefore compiled with libstdc++'s
+/// __polynomial flag (its Thompson-NFA executor: recursion bounded by the
+/// pattern, not the text; back-references are refused), and matched on a
+/// thread of their own with this much stack.
+constexpr std::size_t kRegexStack = std::size_t{16} * 1024 * 1024;
 
-/// And it backtracks: `(a|b)*c` takes seconds on 4 KiB of "a". A match is
+/// The flags body patterns are compiled with.
+constexpr std::regex::flag_type kBodyRegexFlags = std::regex::ECMAScript | std::regex_constants::__polynomial;
+
+/// And a search is still quadratic: `(a|b)*c` takes seconds on 16 KiB of "a". A match is
 /// waited for at most this long (and not past the verifier's deadline);
 /// then the attempt fails and the matcher is left to finish on its own
 /// (it owns what it reads); no other match starts until it has.
-constexpr std::chrono::milliseconds kRegexWait{250};
+constexpr std::chrono::milliseconds kRegexWait{1000};
 
 /// One match on its own thread.
 struct RegexJob {
@@ -162,8 +166,8 @@ struct RegexJob {
 /// std::regex_search(job->text, *job->regex) on a thread with kRegexStack of
 /// stack, waited for until `until`; nullopt (and `error`) when it could not
 /// run, threw, or is still running at `until` (then `job` is left running).
-inline std::optional<bool> regex_search_bounded(const std::shared_ptr<RegexJob>& job, Clock::time_point until,
-                                                std::string& error) {
+inline std::optional<bool> regex_search_bounded(VerifyContext& context, const std::shared_ptr<RegexJob>& job,
+                                                Clock::time_point until, std::string& error) {
   pthread_attr_t attributes;
   ::pthread_attr_init(&attributes);
   ::pthread_attr_setstacksize(&attributes, kRegexStack);
@@ -193,13 +197,24 @@ inline std::optional<bool> regex_search_bounded(const std::shared_ptr<RegexJob>&
     error = std::string("cannot start the body matcher: ") + std::strerror(rc);
     return std::nullopt;
   }
+  const auto started = Clock::now();
   std::unique_lock<std::mutex> lock(job->mutex);
-  if (!job->done_cv.wait_until(lock, until, [&] { return job->done; })) {
+  // In slices, so that a shutdown or the process's exit is seen meanwhile.
+  bool stopped = false;
+  while (!job->done && Clock::now() < until && !stopped) {
+    job->done_cv.wait_until(lock, std::min(until, Clock::now() + std::chrono::milliseconds(10)));
+    if (job->done) break;
+    lock.unlock();
+    stopped = context.cancelled() || context.exit_status().has_value();
+    lock.lock();
+  }
+  if (!job->done) {
     lock.unlock();
     ::pthread_detach(thread);
-    error = "matching the body took longer than " +
-            std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(kRegexWait).count()) +
-            " ms (the regular expression backtracks too much for this body)";
+    const auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started).count();
+    error = stopped ? std::string("stopped matching the body")
+                    : "matching the body took longer than " + std::to_string(waited) +
+                          " ms (the regular expression is too slow for this body)";
     return std::nullopt;
   }
   lock.unlock();
@@ -373,8 +388,9 @@ inline HttpAnswer http_request_once(VerifyContext& context, const HttpCheck& che
     std::string error;
     auto now = Clock::now();
     std::optional<bool> matched =
-        regex_search_bounded(job, std::min(now + kRegexWait, std::max(deadline, now + std::chrono::milliseconds(10))), error);
+        regex_search_bounded(context, job, std::min(now + kRegexWait, std::max(deadline, now + std::chrono::milliseconds(10))), error);
     if (!matched) {
+      std::lock_guard<std::mutex> lock(job->mutex);
       if (!job->done) state.slow_match = job;
       return {VerifyResult::failure(seen + ", " + error), false};
     }
@@ -396,7 +412,7 @@ inline HttpAnswer http_attempt(VerifyContext& context, const HttpCheck& check, c
     std::lock_guard<std::mutex> lock(state.slow_match->mutex);
     if (!state.slow_match->done) {
       return {VerifyResult::failure("the body match of an earlier attempt is still running (the regular expression "
-                                    "backtracks too much for the body)"),
+                                    "is too slow for this body)"),
               false};
     }
   }
@@ -483,7 +499,7 @@ class HttpVerifier : public Verifier {
     if (auto body = reader.string("body")) {
       if (body->size() > 4096) detail::throw_config_error(reader.path_of("body"), "a regular expression of at most 4096 bytes");
       try {
-        check.body = std::make_shared<const std::regex>(*body, std::regex::ECMAScript);
+        check.body = std::make_shared<const std::regex>(*body, detail::kBodyRegexFlags);
       } catch (const std::regex_error& e) {
         detail::throw_config_error(reader.path_of("body"), "not a valid regular expression (ECMAScript): " + std::string(e.what()));
       }
