@@ -8,6 +8,7 @@
 #include "pymanager/verifiers/file_verifier.hpp"
 #include "pymanager/verifiers/http_verifier.hpp"
 #include "pymanager/verifiers/output_verifier.hpp"
+#include "pymanager/verifiers/tcp_verifier.hpp"
 
 namespace pymanager {
 inline namespace v1 {
@@ -23,6 +24,8 @@ inline VerifierRegistry builtin_verifiers() {
   registry.add(OutputVerifier::kName, &OutputVerifier::from_arguments);
   registry.add(FileVerifier::kName, &FileVerifier::from_arguments);
   registry.add(CommandVerifier::kName, &CommandVerifier::from_arguments);
+  registry.add(TcpVerifier::kName, &TcpVerifier::from_arguments);
+  registry.add(HttpVerifier::kName, &HttpVerifier::from_arguments);
   return registry;
 }
 
