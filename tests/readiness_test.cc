@@ -57,6 +57,25 @@ class Readiness : public ::testing::Test {
     return "";
   }
 
+  /// The config error of a verifier of `type` given `arguments` (JSON text).
+  std::string argument_error(const std::string& type, const std::string& arguments) const {
+    return config_error(R"("db": {"executable": "true", "arguments": [],
+        "verifier": {"type": "pymanager.verifiers.)" + type + R"(", "arguments": )" + arguments + "}}");
+  }
+
+  /// The start-up error of a process that exits with code 3 at once while
+  /// `verifier` (JSON text) waits for up to 600 s; it must come long before.
+  std::string error_when_the_process_exits(const std::string& verifier) const {
+    auto config = parse(R"("db": {"executable": "sh", "arguments": ["-c", "echo cannot bind; exit 3"], "verifier": )" +
+                        verifier + "}");
+    Capture capture;
+    pymanager::Manager manager(config, capture.options());
+    const auto begun = std::chrono::steady_clock::now();
+    auto e = start_error(manager);
+    EXPECT_LT(std::chrono::steady_clock::now() - begun, 60s);
+    return e ? e->what() : "start() did not fail";
+  }
+
   /// A FIFO the child blocks on (`read x < gate`) until open_gate.
   void make_gate(const std::string& name = "gate") const {
     ASSERT_EQ(::mkfifo((dir_ + "/" + name).c_str(), 0600), 0);
@@ -167,16 +186,10 @@ TEST_F(Readiness, OutputTimesOutSayingWhatItSaw) {
 }
 
 TEST_F(Readiness, OutputFailsAtOnceWhenTheProcessExits) {
-  auto config = parse(R"("db": {"executable": "sh", "arguments": ["-c", "echo cannot bind; exit 3"],
-      "verifier": {"type": "pymanager.verifiers.OutputVerifier", "arguments": {"pattern": "ready", "timeout": 600}}})");
-  Capture capture;
-  pymanager::Manager manager(config, capture.options());
-  const auto begun = std::chrono::steady_clock::now();
-  auto e = start_error(manager);
-  ASSERT_TRUE(e);
-  EXPECT_LT(std::chrono::steady_clock::now() - begun, 60s);
-  EXPECT_THAT(e->what(), HasSubstr("process exited with exit code 3 before printing a line matching /ready/"));
-  EXPECT_THAT(e->what(), HasSubstr("stdout: cannot bind"));
+  auto error = error_when_the_process_exits(
+      R"({"type": "pymanager.verifiers.OutputVerifier", "arguments": {"pattern": "ready", "timeout": 600}})");
+  EXPECT_THAT(error, HasSubstr("process exited with exit code 3 before printing a line matching /ready/"));
+  EXPECT_THAT(error, HasSubstr("stdout: cannot bind"));
 }
 
 TEST_F(Readiness, OutputStopsWhenShutdownBegins) {
@@ -213,10 +226,7 @@ TEST_F(Readiness, ARestartWaitsForTheNewRunsLine) {
 }
 
 TEST_F(Readiness, OutputArgumentErrorsNameTheirPath) {
-  auto with = [&](const std::string& arguments) {
-    return config_error(R"("db": {"executable": "true", "arguments": [],
-        "verifier": {"type": "pymanager.verifiers.OutputVerifier", "arguments": )" + arguments + "}}");
-  };
+  auto with = [&](const std::string& arguments) { return argument_error("OutputVerifier", arguments); };
   const std::string at = "processes.db.verifier.arguments.";
   EXPECT_THAT(with("{}"), HasSubstr(at + "pattern: required key is missing"));
   EXPECT_THAT(with(R"({"pattern": "(unclosed"})"), HasSubstr(at + "pattern: not a valid regular expression"));
@@ -265,22 +275,13 @@ TEST_F(Readiness, FileExistsIsEnoughWithoutNonEmptyAndATimeoutSaysWhatItSaw) {
 }
 
 TEST_F(Readiness, FileFailsAtOnceWhenTheProcessExits) {
-  auto config = parse(R"("db": {"executable": "sh", "arguments": ["-c", "exit 3"],
-      "verifier": {"type": "pymanager.verifiers.FileVerifier", "arguments": {"path": "db.pid", "timeout": 600}}})");
-  Capture capture;
-  pymanager::Manager manager(config, capture.options());
-  const auto begun = std::chrono::steady_clock::now();
-  auto e = start_error(manager);
-  ASSERT_TRUE(e);
-  EXPECT_LT(std::chrono::steady_clock::now() - begun, 60s);
-  EXPECT_THAT(e->what(), HasSubstr("process exited with exit code 3 while verifying"));
+  EXPECT_THAT(error_when_the_process_exits(
+                  R"({"type": "pymanager.verifiers.FileVerifier", "arguments": {"path": "db.pid", "timeout": 600}})"),
+              HasSubstr("process exited with exit code 3 while verifying"));
 }
 
 TEST_F(Readiness, FileArgumentErrorsNameTheirPath) {
-  auto with = [&](const std::string& arguments) {
-    return config_error(R"("db": {"executable": "true", "arguments": [],
-        "verifier": {"type": "pymanager.verifiers.FileVerifier", "arguments": )" + arguments + "}}");
-  };
+  auto with = [&](const std::string& arguments) { return argument_error("FileVerifier", arguments); };
   const std::string at = "processes.db.verifier.arguments.";
   EXPECT_THAT(with("{}"), HasSubstr(at + "path: required key is missing"));
   EXPECT_THAT(with(R"({"path": ""})"), HasSubstr(at + "path: must not be empty"));
@@ -348,22 +349,13 @@ TEST_F(Readiness, ACommandFailureShowsItsExitAndLastLines) {
 }
 
 TEST_F(Readiness, CommandFailsAtOnceWhenTheProcessExits) {
-  auto config = parse(R"("db": {"executable": "sh", "arguments": ["-c", "exit 3"],
-      "verifier": {"type": "pymanager.verifiers.CommandVerifier", "arguments": {"command": "false", "timeout": 600}}})");
-  Capture capture;
-  pymanager::Manager manager(config, capture.options());
-  const auto begun = std::chrono::steady_clock::now();
-  auto e = start_error(manager);
-  ASSERT_TRUE(e);
-  EXPECT_LT(std::chrono::steady_clock::now() - begun, 60s);
-  EXPECT_THAT(e->what(), HasSubstr("process exited with exit code 3 while verifying"));
+  EXPECT_THAT(error_when_the_process_exits(
+                  R"({"type": "pymanager.verifiers.CommandVerifier", "arguments": {"command": "false", "timeout": 600}})"),
+              HasSubstr("process exited with exit code 3 while verifying"));
 }
 
 TEST_F(Readiness, CommandArgumentErrorsNameTheirPath) {
-  auto with = [&](const std::string& arguments) {
-    return config_error(R"("db": {"executable": "true", "arguments": [],
-        "verifier": {"type": "pymanager.verifiers.CommandVerifier", "arguments": )" + arguments + "}}");
-  };
+  auto with = [&](const std::string& arguments) { return argument_error("CommandVerifier", arguments); };
   const std::string at = "processes.db.verifier.arguments.";
   EXPECT_THAT(with("{}"), HasSubstr(at + "command: required key is missing"));
   EXPECT_THAT(with(R"({"command": []})"), HasSubstr(at + "command: must not be empty"));
