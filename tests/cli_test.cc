@@ -69,13 +69,7 @@ class Cli : public ::testing::Test {
     return std::make_unique<testutil::Child>(command(std::move(args)), dir_);
   }
 
-  std::vector<pid_t> pids_in(const std::string& file) {
-    std::vector<pid_t> out;
-    std::istringstream in(testutil::read_file(dir_ + "/" + file));
-    pid_t p;
-    while (in >> p) out.push_back(p);
-    return out;
-  }
+  std::vector<pid_t> pids_in(const std::string& file) const { return testutil::pids_in_file(dir_ + "/" + file); }
 
   /// Every pid listed in `file` (written by the children) is gone, and so is
   /// its process group.

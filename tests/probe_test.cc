@@ -49,13 +49,7 @@ class Probe : public ::testing::Test {
     command.argv = {"sh", "-c", script};
     return command;
   }
-  std::vector<pid_t> pids_in(const std::string& file) {
-    std::vector<pid_t> out;
-    std::istringstream in(testutil::read_file(dir_ + "/" + file));
-    pid_t p;
-    while (in >> p) out.push_back(p);
-    return out;
-  }
+  std::vector<pid_t> pids_in(const std::string& file) const { return testutil::pids_in_file(dir_ + "/" + file); }
   void expect_all_gone(const std::vector<pid_t>& pids) {
     for (pid_t p : pids) EXPECT_TRUE(wait_until([&] { return !testutil::pid_alive(p); }, 5000ms)) << "pid " << p << " survived";
   }

@@ -91,13 +91,7 @@ class Readiness : public ::testing::Test {
     return ok;
   }
 
-  std::vector<pid_t> pids_in(const std::string& file) const {
-    std::vector<pid_t> out;
-    std::istringstream in(testutil::read_file(dir_ + "/" + file));
-    pid_t p;
-    while (in >> p) out.push_back(p);
-    return out;
-  }
+  std::vector<pid_t> pids_in(const std::string& file) const { return testutil::pids_in_file(dir_ + "/" + file); }
 
   /// start() on another thread; the error it threw, if any.
   static std::future<std::optional<pymanager::Error>> start_async(pymanager::Manager& manager) {

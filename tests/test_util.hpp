@@ -65,6 +65,16 @@ inline std::string read_file(const std::string& path) {
   return buffer.str();
 }
 
+/// The pids written to `path`, whitespace separated (by children that
+/// `echo $$ >> file`); empty while the file does not exist.
+inline std::vector<pid_t> pids_in_file(const std::string& path) {
+  std::vector<pid_t> out;
+  std::istringstream in(read_file(path));
+  pid_t p;
+  while (in >> p) out.push_back(p);
+  return out;
+}
+
 /// Polls `condition` every 2 ms until it holds or `timeout` passes. For
 /// conditions the test cannot be told about (a file appearing, a pid dying).
 /// The default bound is generous: it only matters when the condition never
