@@ -74,13 +74,20 @@ class CommandVerifier : public Verifier {
     PollSchedule schedule = PollSchedule::with_interval(interval_);
     schedule.fast_pause = std::min<Clock::duration>(std::chrono::milliseconds(5), schedule.interval);
     schedule.fast_max = std::min<Clock::duration>(std::chrono::milliseconds(100), schedule.interval);
+    std::string previous;  // what the attempt before saw
     return poll_until(context, timeout_, schedule, [&](Clock::duration) {
-      const auto until = std::min(Clock::now() + seconds_to_duration(attempt_timeout_), deadline);
-      ProbeResult result = context.run_in_process_environment(command, until);
+      const auto own_end = Clock::now() + seconds_to_duration(attempt_timeout_);
+      const bool cut = deadline < own_end;  // the verifier's timeout ends this run first
+      ProbeResult result = context.run_in_process_environment(command, std::min(own_end, deadline));
       if (result.exit && !result.exit->signaled && result.exit->value == 0) return VerifyResult::ok(describe() + " exited 0");
+      // A run cut short by the verifier's own timeout says nothing about the
+      // command: report what the run before it saw.
+      if (result.timed_out && cut && !previous.empty()) return VerifyResult::failure(previous);
       std::string what;
       if (result.cancelled) {
         what = "cancelled";
+      } else if (result.timed_out && cut) {
+        what = "still running at the verifier's timeout, killed";
       } else if (result.timed_out) {
         what = "still running after " + format_seconds(attempt_timeout_) + ", killed";
       } else if (result.exit) {
@@ -88,7 +95,8 @@ class CommandVerifier : public Verifier {
       } else {
         what = result.error;
       }
-      return VerifyResult::failure(describe() + ": " + what + last_lines(result.output));
+      previous = describe() + ": " + what + last_lines(result.output);
+      return VerifyResult::failure(previous);
     });
   }
 
