@@ -307,6 +307,20 @@ TEST(TcpVerifier, LocalhostTriesIpv6LoopbackAndAnIpv6LiteralWorks) {
   EXPECT_THAT(start_result(manager), HasSubstr("connection refused"));
 }
 
+TEST(TcpVerifier, LocalhostRefusedOnBothAddressesSaysWhatEachSaid) {
+  // Nothing listens on either address: the attempts alternate between
+  // 127.0.0.1 and ::1, and the timeout reports the last word of each.
+  int port = testutil::free_port();
+  Capture capture;
+  pymanager::Manager manager(sleeper_verified_by("pymanager.verifiers.TcpVerifier",
+                                                 R"({"port": )" + std::to_string(port) +
+                                                     R"(, "host": "localhost", "timeout": 0.2})"),
+                             capture.options());
+  std::string result = start_result(manager);
+  EXPECT_THAT(result, HasSubstr("127.0.0.1: connection refused"));
+  if (have_ipv6_loopback()) EXPECT_THAT(result, HasSubstr("; ::1: connection refused"));
+}
+
 // --------------------------------------------------------------- HttpVerifier
 
 /// A server with the paths the tests ask for.
