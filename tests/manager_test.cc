@@ -374,6 +374,36 @@ TEST(Manager, RestartStopsTheGroupAndLaunchesAgainWithANewPid) {
   ASSERT_TRUE(wait_until([&] { return testutil::read_file(dir + "/runs") == "run\nrun\n"; }));
 }
 
+TEST(Manager, AStopOrRestartWithoutAGraceUsesTheRestartGracefulTimeAsTheApiDoes) {
+  // Both ignore SIGTERM: only the SIGKILL after the grace ends them. The
+  // shutdown's graceful-time (60 s) must not be the one a stop waits.
+  std::string dir = testutil::make_temp_dir();
+  auto config = parse(config_text(R"(
+    "plain": {"executable": "sh", "arguments": ["-c", "trap '' TERM; echo up > plain.up; exec sleep 1000"]},
+    "own": {"executable": "sh", "arguments": ["-c", "trap '' TERM; echo up > own.up; exec sleep 1000"],
+            "options": {"graceful_time": 0.2}}
+  )", R"("keep-alive": true, "graceful-time": 60, "restart-graceful-time": 0.3)"), dir);
+  Capture capture;
+  pymanager::Manager manager(config, capture.options());
+  manager.start();
+  EXPECT_DOUBLE_EQ(manager.restart_grace(0), 0.3);
+  EXPECT_DOUBLE_EQ(manager.restart_grace(1), 0.2);
+  ASSERT_TRUE(wait_until([&] { return testutil::read_file(dir + "/plain.up") == "up\n"; }));
+  ASSERT_TRUE(wait_until([&] { return testutil::read_file(dir + "/own.up") == "up\n"; }));
+  for (std::size_t i : {0, 1}) {
+    pid_t pid = manager.processes()[i].pid;
+    auto started = std::chrono::steady_clock::now();
+    if (i == 0) {
+      manager.stop_process(i);
+    } else {
+      manager.restart(i);
+    }
+    EXPECT_LT(std::chrono::steady_clock::now() - started, 30s) << i;
+    EXPECT_FALSE(testutil::group_alive(pid)) << i;
+  }
+  EXPECT_TRUE(manager.processes()[0].killed);
+}
+
 TEST(Manager, UnexpectedExitIsReportedAndExpectedOnesAreNot) {
   std::mutex mutex;
   std::vector<std::pair<std::string, bool>> exits;

@@ -110,7 +110,8 @@ class Manager {
   std::vector<std::string> output_tail(std::size_t index, std::size_t lines) const;
 
   /// Stops one process with its stop plan (its stop signal, SIGKILL after
-  /// `grace` seconds; default its graceful time) and its daemons with it;
+  /// `grace` seconds; default restart_grace(index), as the API's stop) and
+  /// its daemons with it;
   /// returns once nothing of it is left. With keep_alive false, stopping the
   /// last running process ends the manager. Throws shutting_down once
   /// shutdown has begun, conflict while start() is still launching.
@@ -302,7 +303,7 @@ inline Clock::duration Manager::shutdown_bound() const { return s_.stops.shutdow
 
 inline double Manager::restart_grace(std::size_t index) const {
   s_.table.check_index(index);
-  return s_.table[index].spec.graceful_time.value_or(s_.config.restart_graceful_time);
+  return s_.stops.grace(index, detail::StopController::Purpose::operation);
 }
 
 inline std::size_t Manager::illegal_transitions() const {
@@ -379,8 +380,7 @@ inline ProbeResult Manager::run_probe(const ProbeCommand& command, Clock::time_p
 // ------------------------------------------------------------------ stops
 
 inline StopPlan Manager::operation_plan(std::size_t i, std::optional<double> grace) const {
-  const ProcessSpec& spec = s_.table[i].spec;
-  return StopPlan::graceful(spec.stop_signal, grace.value_or(spec.graceful_time.value_or(s_.config.graceful_time)));
+  return s_.stops.plan(i, detail::StopController::Purpose::operation, grace);
 }
 
 inline void Manager::stop_and_wait(std::size_t i, StopPlan plan, std::unique_lock<std::mutex>& lock) {

@@ -17,6 +17,7 @@
 #include <chrono>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 
 #include "pymanager/config.hpp"
@@ -44,12 +45,28 @@ class StopController {
   /// SIGKILL was needed in the shutdown (or it was asked for).
   bool forced() const { return forced_; }
 
-  /// Process i's plan in a shutdown: its stop signal, then SIGKILL after its
-  /// graceful time.
-  StopPlan shutdown_plan(std::size_t i) const {
+  /// What a stop is for: the grace a process gets depends on it, and on
+  /// nothing else.
+  enum class Purpose {
+    shutdown,   ///< the whole manager ends
+    operation,  ///< one process is stopped or restarted (library, API, Services)
+  };
+
+  /// The one place a process's graceful time is chosen: its own
+  /// `options.graceful_time`, else the top-level `graceful_time` in a
+  /// shutdown and `restart_graceful_time` for a stop or restart.
+  double grace(std::size_t i, Purpose purpose) const {
     const ProcessSpec& spec = table_[i].spec;
-    return StopPlan::graceful(spec.stop_signal, spec.graceful_time.value_or(config_.graceful_time));
+    return spec.graceful_time.value_or(purpose == Purpose::shutdown ? config_.graceful_time
+                                                                    : config_.restart_graceful_time);
   }
+
+  /// Process i's plan: its stop signal, then SIGKILL after `grace` seconds
+  /// (when given, as a caller of stop_process may) or grace(i, purpose).
+  StopPlan plan(std::size_t i, Purpose purpose, std::optional<double> given = std::nullopt) const {
+    return StopPlan::graceful(table_[i].spec.stop_signal, given.value_or(grace(i, purpose)));
+  }
+  StopPlan shutdown_plan(std::size_t i) const { return plan(i, Purpose::shutdown); }
 
   /// The longest a shutdown can take: each plan, one after the other along
   /// the longest dependency chain, and a little slack.
