@@ -508,6 +508,34 @@ TEST_F(Graph, TwoThousandProcessesStopCleanly) {
   EXPECT_THAT(capture.log(), ::testing::Not(HasSubstr("SIGKILL")));
 }
 
+TEST_F(Graph, AFailedStartOfAThousandProcessesCleansUpEverything) {
+  // The clean-up of a failed start-up at scale (it once deadlocked at about
+  // 1,000): a thousand sleeps, then one whose verifier fails as it exits 3.
+  std::vector<std::string> processes;
+  for (int i = 0; i < 1000; ++i) {
+    processes.push_back("\"s" + std::to_string(i) + R"(": {"executable": "sleep", "arguments": ["600"], "depends_on": []})");
+  }
+  processes.push_back(R"("bad": {"executable": "sh", "arguments": ["-c", "exit 3"], "depends_on": [],
+      "verifier": {"type": "pymutils.http_verifier.HttpOkVerifier", "arguments": {"url": "http://127.0.0.1:1/"}}})");
+  Capture capture;
+  pymanager::Manager manager(config(processes), capture.options());
+  std::string failure;
+  try {
+    manager.start();
+  } catch (const pymanager::Error& e) {
+    failure = e.what();
+  }
+  EXPECT_THAT(failure, HasSubstr("bad"));
+  ASSERT_TRUE(manager.wait_finished(120s)) << capture.log();
+  int spawned = 0;
+  for (const auto& p : manager.processes()) {
+    if (p.pid <= 0) continue;
+    ++spawned;
+    EXPECT_FALSE(testutil::group_alive(p.pid)) << p.name;
+  }
+  EXPECT_GT(spawned, 1);
+}
+
 TEST_F(Graph, AKilledKeeperLeavesNothingAliveAndIsReported) {
   int port = testutil::free_port();
   auto cfg = config({R"("tree": {"executable": "sh", "arguments": ["-c", "sleep 600 & echo child $!; exec sleep 600"]})",
@@ -550,6 +578,7 @@ TEST_F(Graph, AKilledKeeperLeavesNothingAliveAndIsReported) {
   EXPECT_THAT(capture.log(), HasSubstr("the keeper process (pid"));
   EXPECT_THAT(capture.log(), HasSubstr(std::to_string(db_daemon)));
   EXPECT_THAT(capture.log(), HasSubstr(std::to_string(nameless)));
+  EXPECT_THAT(capture.log(), HasSubstr("a process that cleared its environment and left its process group may have escaped"));
 }
 
 }  // namespace
