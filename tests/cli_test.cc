@@ -634,9 +634,9 @@ std::string comm_of(pid_t pid) { return testutil::read_file("/proc/" + std::to_s
 TEST_F(Cli, AStdoutNobodyReadsDoesNotStopTheShutdown) {
   // (pymanager -f cfg.json | sleep 600): the pipe fills and stays full.
   write_config(R"("spam": {"executable": "sh", "arguments": ["-c", "echo $$ >> pids.txt; seq 1 300000; exec sleep 1000"]},
-                  "kept": {"executable": "sh", "arguments": ["-c", "echo $$ >> pids.txt; seq 1 5000; exec sleep 1000"],
+                  "kept": {"executable": "sh", "arguments": ["-c", "echo $$ >> pids.txt; echo $$ > kept.pid; seq 1 5000; exec sleep 1000"],
                            "options": {"redirect_output": "kept.txt"}})",
-               R"("keep-alive": true, "graceful-time": 5)");
+               R"("keep-alive": true, "graceful-time": 5, "http": {"enabled": true, "port": 0})");
   testutil::Child pipeline({"/bin/sh", "-c", "\"$0\" -f cfg.json 2>err.txt | sleep 600", binary_}, dir_);
   std::string expected;
   for (int i = 1; i <= 5000; ++i) expected += std::to_string(i) + "\n";
@@ -652,6 +652,16 @@ TEST_F(Cli, AStdoutNobodyReadsDoesNotStopTheShutdown) {
   auto state = nlohmann::json::parse(testutil::read_file(dir_ + "/cfg.json.pymanager-state"), nullptr, false);
   pid_t manager = static_cast<pid_t>(testutil::integer(state, {"pid"}));
   ASSERT_GT(manager, 0);
+  // The API still answers, and a stop through it is carried out (the issue's
+  // "POST /stop times out").
+  const std::string url = state.value("url", "");
+  ASSERT_EQ(url.rfind("http://127.0.0.1:", 0), 0u) << url;
+  httplib::Client api("127.0.0.1", std::atoi(url.substr(std::string("http://127.0.0.1:").size()).c_str()));
+  api.set_read_timeout(20, 0);
+  auto stopped = api.Post("/stop/2");
+  ASSERT_TRUE(stopped);
+  EXPECT_EQ(stopped->status, 200) << stopped->body;
+  EXPECT_FALSE(testutil::group_alive(pids_in("kept.pid").at(0)));
   const auto began = std::chrono::steady_clock::now();
   ASSERT_EQ(::kill(manager, SIGTERM), 0);
   EXPECT_TRUE(wait_until([&] { return !testutil::pid_alive(manager); }, 20000ms)) << "the manager hangs on its stdout";
