@@ -272,6 +272,30 @@ TEST_F(Graph, StopSignalAndPerProcessGracefulTime) {
   EXPECT_FALSE(info(manager, "pg").killed);
 }
 
+TEST_F(Graph, AFileWithoutDependsOnStopsEverythingAtOnce) {
+  // "c" ignores its SIGTERM and is SIGKILLed only 5 s later: had a and b
+  // waited for it (the reverse file order), their signals would come 5 s
+  // after its own.
+  auto cfg = config({service("a", 0), service("b", 0),
+                     service("c", 0, {"--ignore-signals"}, R"("options": {"graceful_time": 5})")});
+  Capture capture;
+  pymanager::Manager manager(cfg, capture.options());
+  manager.start();
+  for (const auto& name : {"a", "b", "c"}) {
+    ASSERT_TRUE(wait_until([&] { return when(log_of(name), "start").has_value(); })) << name;
+  }
+  manager.shutdown();
+  ASSERT_TRUE(manager.wait_finished(60s)) << capture.log();
+  auto c = when(log_of("c"), "signal 15");
+  ASSERT_TRUE(c.has_value()) << testutil::read_file(log_of("c"));
+  EXPECT_TRUE(info(manager, "c").killed);
+  for (const auto& name : {"a", "b"}) {
+    auto signalled = when(log_of(name), "signal 15");
+    ASSERT_TRUE(signalled.has_value()) << name;
+    EXPECT_LT(*signalled - *c, 4000000) << name << " waited for c";
+  }
+}
+
 TEST_F(Graph, EnvironmentReachesTheChild) {
   auto cfg = config({R"("env": {"executable": "sh", "arguments": ["-c", "printf '%s|%s\n' \"$GREETING\" \"$HOME\""],
                        "options": {"environment": {"GREETING": "a b 'c' $d", "HOME": "/nowhere"}}})"});
