@@ -792,6 +792,23 @@ TEST_F(Cli, ACycleIsRefusedBeforeAnythingRuns) {
   EXPECT_TRUE(pids_in("pids.txt").empty());
 }
 
+TEST_F(Cli, WithoutTheKeeperProgramTheKeeperIsForkedAndVerboseSaysSo) {
+  // A copy of the binary, alone in a folder and without runfiles: no
+  // pymanager-keeper next to it. It still runs its processes.
+  write_config(R"("hello": {"executable": "sh", "arguments": ["-c", "echo hello from the child"]})");
+  ASSERT_EQ(testutil::run({"/bin/cp", binary_, dir_ + "/pm"}).exit_code, 0);
+  auto result = testutil::run({"/usr/bin/env", "-u", "RUNFILES_DIR", "-u", "TEST_SRCDIR", "-u", "RUNFILES_MANIFEST_FILE",
+                               "-u", "PYMANAGER_KEEPER", dir_ + "/pm", "-f", "cfg.json", "-v"},
+                              dir_);
+  EXPECT_EQ(result.exit_code, 0) << result.err;
+  EXPECT_THAT(result.out, HasSubstr("hello from the child"));
+  EXPECT_THAT(result.err, HasSubstr("keeper forked from this process: no pymanager-keeper program"));
+  // The binary in its runfiles finds the program and says nothing of it.
+  auto normal = testutil::run({binary_, "-f", "cfg.json", "-v"}, dir_);
+  EXPECT_EQ(normal.exit_code, 0) << normal.err;
+  EXPECT_THAT(normal.err, ::testing::Not(HasSubstr("keeper forked")));
+}
+
 TEST_F(Cli, AKilledKeeperIsReportedAndEndsTheRunWithExitCode6) {
   write_config(sleeper("one") + R"(, "tree": {"executable": "sh",
       "arguments": ["-c", "echo $$ >> pids.txt; sleep 1000 & echo $! >> pids.txt; exec sleep 1000"]})",

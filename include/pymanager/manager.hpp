@@ -30,6 +30,7 @@
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -212,6 +213,13 @@ inline Manager::Manager(Config config, ManagerOptions options) : s_(std::move(co
   keeper_options.token = s_.token;
   keeper_options.child_nofile_soft = s_.child_nofile;
   s_.core = std::make_unique<detail::ProcessCore>(std::move(keeper_options));
+  if (s_.options.verbose && !s_.core->exec_mode()) {
+    const char* asked = std::getenv("PYMANAGER_KEEPER");
+    s_.options.log(asked != nullptr && std::string(asked) == "fork"
+                       ? "keeper forked from this process (PYMANAGER_KEEPER=fork)"
+                       : "keeper forked from this process: no pymanager-keeper program next to it or in its "
+                         "runfiles (name one with PYMANAGER_KEEPER); it shares this process's memory");
+  }
   s_.stops.attach(*s_.core);
   s_.core->add_writer(s_.output.output_writer());
   s_.core->add_writer(s_.output.log_writer());
