@@ -8,6 +8,7 @@
 #include <dlfcn.h>
 
 #include <cstring>
+#include <exception>
 #include <memory>
 #include <string>
 #include <utility>
@@ -66,7 +67,20 @@ class PluginFactory {
       : library_(std::move(library)), factory_(std::make_shared<VerifierFactory>(std::move(factory))) {}
 
   std::shared_ptr<const Verifier> operator()(const nlohmann::json& arguments, const std::string& path) const {
-    std::shared_ptr<const Verifier> made = (*factory_)(arguments, path);
+    // An exception thrown by the library's code has its vtable there: one
+    // that outlives the library (the last handle may go while it unwinds
+    // through the parser) would crash whoever reads it. It is copied into
+    // one made here.
+    std::shared_ptr<const Verifier> made;
+    try {
+      made = (*factory_)(arguments, path);
+    } catch (const Error& e) {
+      throw Error(e.kind(), e.what());
+    } catch (const std::exception& e) {
+      throw Error(ErrorKind::config_invalid, path + ": " + e.what());
+    } catch (...) {
+      throw Error(ErrorKind::config_invalid, path + ": the plugin " + library_->path() + " threw an unknown exception");
+    }
     if (!made) throw Error(ErrorKind::config_invalid, path + ": the plugin " + library_->path() + " made no verifier");
     auto holder = std::make_shared<PluginVerifierHolder>(PluginVerifierHolder{library_, std::move(made)});
     const Verifier* raw = holder->verifier.get();
