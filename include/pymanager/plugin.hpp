@@ -113,6 +113,8 @@ constexpr const char* kPluginEntryPoint = "pymanager_verifier_plugin";
 /// The entry point returns the plugin's ABI version; when the host's differs
 /// it returns without running the body. Exceptions do not leave it: they
 /// become registrar.fail(what).
+// `registrar` names a parameter: it cannot be parenthesized.
+// NOLINTBEGIN(bugprone-macro-parentheses)
 #define PYMANAGER_VERIFIER_PLUGIN(registrar)                                                                     \
   static void pymanager_plugin_register(::pymanager::PluginRegistrar& registrar);                               \
   extern "C" __attribute__((visibility("default"))) int pymanager_verifier_plugin(                              \
@@ -130,5 +132,6 @@ constexpr const char* kPluginEntryPoint = "pymanager_verifier_plugin";
     return PYMANAGER_PLUGIN_REPORTED_ABI;                                                                        \
   }                                                                                                              \
   static void pymanager_plugin_register(::pymanager::PluginRegistrar& registrar)
+// NOLINTEND(bugprone-macro-parentheses)
 
 #endif  // PYMANAGER_PLUGIN_HPP

@@ -84,7 +84,7 @@ class PluginFactory {
     if (!made) throw Error(ErrorKind::config_invalid, path + ": the plugin " + library_->path() + " made no verifier");
     auto holder = std::make_shared<PluginVerifierHolder>(PluginVerifierHolder{library_, std::move(made)});
     const Verifier* raw = holder->verifier.get();
-    return std::shared_ptr<const Verifier>(std::move(holder), raw);
+    return std::shared_ptr<const Verifier>(holder, raw);
   }
 
  private:
