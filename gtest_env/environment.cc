@@ -447,7 +447,8 @@ class Session {
       throw Error(ErrorKind::config_not_found,
                   "no pymanager config: pass --pymanager_config=PATH to the test, or set PYMANAGER_CONFIG");
     }
-    return load_config_json(read_config_json(resolve_path(source_.path_)), source_name(), registry, options_.ports);
+    const std::string path = resolve_path(source_.path_);
+    return load_config_json(read_config_json(path), source_name(), registry, options_.ports, config_directory_of(path));
   }
 
   /// Decides where each process's output goes: a live file for what the

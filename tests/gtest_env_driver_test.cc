@@ -195,6 +195,15 @@ TEST_F(Driver, TheConfigComesFromPymanagerConfigAndIsFoundInTheRunfilesTree) {
   EXPECT_THAT(r.out, HasSubstr("process hello pid "));
 }
 
+TEST_F(Driver, APluginLibraryIsFoundRelativeToTheConfigFilesFolder) {
+  // plugin.json names ../plugins/libgood_plugin.so: from tests/gtest_env_data
+  // in the runfiles, not from the folder the test runs in.
+  auto r = run("tests/gtest_env_data/plugin.json", "minimal", {}, dir_);
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_THAT(r.out, HasSubstr("hello | hello from plugin"));
+  EXPECT_THAT(r.out, Not(HasSubstr("cannot load")));
+}
+
 TEST_F(Driver, UnderBazelRunARelativePathIsAlsoLookedUpWhereTheUserTypedIt) {
   std::string typed = testutil::make_temp_dir();
   testutil::write_file(typed + "/mine.json", testutil::read_file(root_ + "/tests/gtest_env_data/minimal.json"));

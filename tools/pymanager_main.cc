@@ -297,6 +297,9 @@ int main(int argc, char** argv) {
   }
   for (const auto& warning : loaded.warnings()) logger(warning);
   pymanager::Config& config = loaded.config;
+  if (options.verbose) {
+    for (const auto& plugin : config.plugins) logger("loaded plugin " + plugin.path + " (module " + plugin.module + ")");
+  }
   if (options.debug) {
     config.messages.process_exit = true;
     config.messages.verifier_fail = true;

@@ -30,6 +30,7 @@
 #include "pymanager/detail/json_check.hpp"
 #include "pymanager/detail/json_reader.hpp"
 #include "pymanager/error.hpp"
+#include "pymanager/plugin_loader.hpp"
 #include "pymanager/signals.hpp"
 #include "pymanager/verifier.hpp"
 
@@ -113,6 +114,13 @@ struct MessageSpec {
 struct Config {
   /// `modules`: module name -> the verifier classes it provides.
   std::map<std::string, std::vector<std::string>> modules;
+  /// `modules.<name>.library`: module name -> the plugin's path (relative
+  /// paths resolved against the config file's folder), for the modules that
+  /// name one.
+  std::map<std::string, std::string> module_libraries;
+  /// The plugins loaded for module_libraries. Their verifiers keep them
+  /// loaded by themselves; these are kept for what a front-end reports.
+  std::vector<LoadedPlugin> plugins;
   HttpSpec http;
   bool keep_alive = false;       ///< `keep-alive` / `keep_alive`
   double graceful_time = 10.0;   ///< `graceful-time` / `graceful_time`, seconds
@@ -151,13 +159,32 @@ namespace detail {
 
 using OJson = nlohmann::ordered_json;
 
-inline void parse_modules(const OJson& value, const std::string& path, Config& config) {
+inline void parse_modules(const OJson& value, const std::string& path, Config& config,
+                          const std::string& config_directory = "") {
   if (!value.is_object()) throw_config_error(path, "expected an object, got " + describe_json_type(value));
   for (auto it = value.begin(); it != value.end(); ++it) {
     ObjectReader<OJson> module(*it, join_path(path, it.key()));
     auto classes = module.string_list("verifiers");
+    auto library = module.string("library");
     module.finish();
     config.modules[it.key()] = classes.value_or(std::vector<std::string>{});
+    if (library) {
+      if (library->empty()) throw_config_error(module.path_of("library"), "must not be empty");
+      std::string resolved = *library;
+      if (resolved[0] != '/' && !config_directory.empty()) {
+        resolved = (config_directory.back() == '/' ? config_directory : config_directory + "/") + resolved;
+      }
+      config.module_libraries[it.key()] = resolved;
+    }
+  }
+}
+
+/// Loads the plugin of every module that names a library, registering its
+/// classes in `registry`.
+inline void load_module_plugins(Config& config, VerifierRegistry& registry) {
+  for (const auto& module : config.module_libraries) {
+    config.plugins.push_back(load_plugin(module.first, module.second, config.modules[module.first],
+                                         join_path(join_path("modules", module.first), "library"), registry));
   }
 }
 
@@ -565,14 +592,20 @@ inline ProcessSpec parse_process(const std::string& name, const OJson& value, co
 /// Checks and converts a parsed config. `json` must be an ordered_json so
 /// that processes keep the order they are written in. Throws Error with
 /// kind config_invalid (or config_no_processes) naming the JSON path.
-inline Config parse_config(const nlohmann::ordered_json& json, const VerifierRegistry& registry) {
+///
+/// Modules with a `library` have it loaded (plugin_loader.hpp) before any
+/// verifier is made; a relative library path is taken relative to
+/// `config_directory` (the config file's folder; empty: the current
+/// directory).
+inline Config parse_config(const nlohmann::ordered_json& json, const VerifierRegistry& base_registry,
+                           const std::string& config_directory = "") {
   using detail::OJson;
   detail::check_nesting(json);
   detail::ObjectReader<OJson> root(json, "");
   Config config;
 
   // Read in dependency order: modules and default_shell before processes.
-  if (const OJson* modules = root.member("modules")) detail::parse_modules(*modules, "modules", config);
+  if (const OJson* modules = root.member("modules")) detail::parse_modules(*modules, "modules", config, config_directory);
   if (auto shell = root.string("default_shell")) {
     if (shell->empty()) detail::throw_config_error("default_shell", "must not be empty");
     config.default_shell = *shell;
@@ -602,6 +635,14 @@ inline Config parse_config(const nlohmann::ordered_json& json, const VerifierReg
 
   const OJson* processes = root.member("processes");
   root.finish();
+  // Plugins are loaded once the file's top level is known to be valid, and
+  // before any verifier is made.
+  VerifierRegistry with_plugins;
+  if (!config.module_libraries.empty()) {
+    with_plugins = base_registry;
+    detail::load_module_plugins(config, with_plugins);
+  }
+  const VerifierRegistry& registry = config.module_libraries.empty() ? base_registry : with_plugins;
   if (processes == nullptr || (processes->is_object() && processes->empty())) {
     throw Error(ErrorKind::config_no_processes, "processes: no processes are configured");
   }
@@ -669,13 +710,21 @@ inline nlohmann::ordered_json read_config_json(const std::string& path) {
   }
 }
 
+/// The folder of the config file at `path`, against which its relative
+/// library paths are resolved: "" for a bare file name (the current directory).
+inline std::string config_directory_of(const std::string& path) {
+  const auto slash = path.rfind('/');
+  if (slash == std::string::npos) return "";
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
 /// Reads, parses and checks a config file. Error kinds map to the original's
 /// exit codes: config_not_found (1), config_unreadable (2), config_not_json (3),
 /// config_no_processes (4), config_invalid (5).
 inline Config load_config_file(const std::string& path, const VerifierRegistry& registry) {
   nlohmann::ordered_json json = read_config_json(path);
   try {
-    return parse_config(json, registry);
+    return parse_config(json, registry, config_directory_of(path));
   } catch (const Error& e) {
     throw Error(e.kind(), path + ": " + e.what());
   }

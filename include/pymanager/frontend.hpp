@@ -66,14 +66,18 @@ struct LoadedConfig {
 /// it. Throws Error with the kind of the failure and the message prefixed by
 /// `source_name`, e.g. `cfg.json: processes.web.arguments: expected an array`;
 /// the ports reserved so far are given back.
+///
+/// `config_directory` is the folder relative library paths of `modules` are
+/// resolved against (the config file's; empty: the current directory).
 inline LoadedConfig load_config_json(nlohmann::ordered_json json, std::string source_name,
-                                     const VerifierRegistry& registry, const PortOptions& port_options = {}) {
+                                     const VerifierRegistry& registry, const PortOptions& port_options = {},
+                                     const std::string& config_directory = "") {
   LoadedConfig loaded;
   loaded.source_name = std::move(source_name);
   loaded.ports = std::make_shared<PortAllocator>(port_options);
   try {
     expand_ports(json, *loaded.ports);
-    loaded.config = parse_config(json, registry);
+    loaded.config = parse_config(json, registry, config_directory);
   } catch (const Error& e) {
     throw Error(e.kind(), loaded.source_name + ": " + e.what());
   }
@@ -85,7 +89,7 @@ inline LoadedConfig load_config_json(nlohmann::ordered_json json, std::string so
 /// error kinds map to the binary's exit codes (exit_code_for).
 inline LoadedConfig load_config(const std::string& path, const VerifierRegistry& registry,
                                 const PortOptions& port_options = {}) {
-  return load_config_json(read_config_json(path), path, registry, port_options);
+  return load_config_json(read_config_json(path), path, registry, port_options, config_directory_of(path));
 }
 
 // --------------------------------------------------------------- the API
