@@ -658,9 +658,17 @@ TEST_F(Cli, AStdoutNobodyReadsDoesNotStopTheShutdown) {
   ASSERT_EQ(url.rfind("http://127.0.0.1:", 0), 0u) << url;
   httplib::Client api("127.0.0.1", std::atoi(url.substr(std::string("http://127.0.0.1:").size()).c_str()));
   api.set_read_timeout(20, 0);
-  auto stopped = api.Post("/stop/2");
-  ASSERT_TRUE(stopped);
-  EXPECT_EQ(stopped->status, 200) << stopped->body;
+  // Both pids are written before the launch phase has ended; until it has,
+  // a stop is refused with 409. Wait for the launch to end (bounded).
+  int status = 0;
+  std::string body;
+  ASSERT_TRUE(wait_until([&] {
+    auto stopped = api.Post("/stop/2");
+    status = stopped ? stopped->status : -1;
+    body = stopped ? stopped->body : httplib::to_string(stopped.error());
+    return status != 409;
+  }, 20000ms)) << "still launching after 20 s: " << body;
+  EXPECT_EQ(status, 200) << body;
   EXPECT_FALSE(testutil::group_alive(pids_in("kept.pid").at(0)));
   const auto began = std::chrono::steady_clock::now();
   ASSERT_EQ(::kill(manager, SIGTERM), 0);
