@@ -158,6 +158,42 @@ TEST_F(Graph, StartedDoesNotWaitForTheVerifier) {
   start.get();
 }
 
+TEST_F(Graph, ADependencyWithoutAVerifierCountsOnceItIsSpawned) {
+  // x has no verifier and never says it is ready ("never" never comes). Its
+  // dependents start anyway, once x is spawned: each lists its parent's
+  // children (the keeper's) at its own start, and x is among them.
+  auto sibling_lister = [&](const std::string& name, const std::string& depends) {
+    return "\"" + name + R"(": {"executable": "sh", "arguments": ["-c",
+        "cat /proc/$PPID/task/$PPID/children > )" + name + R"(-siblings; echo $PPID > )" + name +
+           R"(-parent; exec sleep 600"], "depends_on": )" + depends + "}";
+  };
+  auto cfg = config({service("x", 0, {"--wait-for", file("never")}, R"("depends_on": [])"),
+                     sibling_lister("d", R"(["x"])"), sibling_lister("e", R"({"x": "started"})")});
+  Capture capture;
+  pymanager::Manager manager(cfg, capture.options());
+  auto start = std::async(std::launch::async, [&] { manager.start(); });
+  ASSERT_EQ(start.wait_for(60s), std::future_status::ready) << capture.log();
+  start.get();
+  const pid_t x = info(manager, "x").pid;
+  ASSERT_GT(x, 0);
+  for (const auto& name : {"d", "e"}) {
+    ASSERT_TRUE(wait_until([&] { return !testutil::read_file(file(std::string(name) + "-parent")).empty(); }))
+        << name << " never started\n" << capture.log();
+    EXPECT_EQ(testutil::pids_in_file(file(std::string(name) + "-parent")), std::vector<pid_t>{manager.keeper_pid()})
+        << name << ": not a child of the keeper, its siblings say nothing";
+    EXPECT_THAT(testutil::pids_in_file(file(std::string(name) + "-siblings")), ::testing::Contains(x))
+        << name << " started before x was spawned";
+    EXPECT_TRUE(info(manager, name).running) << name;
+  }
+  // x was never verified by anything: it is still not listening.
+  EXPECT_TRUE(when(log_of("x"), "start").has_value());
+  EXPECT_FALSE(when(log_of("x"), "listening").has_value());
+  EXPECT_EQ(info(manager, "x").state, pymanager::ProcessState::ready);
+  manager.shutdown();
+  ASSERT_TRUE(manager.wait_finished(60s));
+  EXPECT_FALSE(testutil::group_alive(x));
+}
+
 TEST_F(Graph, AFileWithoutDependsOnStaysSequential) {
   int a = testutil::free_port(), b = testutil::free_port();
   auto cfg = config({service("a", a, {"--wait-for", file("a-go")}), service("b", b), service("c", 0)});
@@ -246,6 +282,42 @@ TEST_F(Graph, ShutdownStopsDependentsFirst) {
   auto loner_signal = when(log_of("loner"), "signal 15");
   ASSERT_TRUE(loner_signal);
   EXPECT_LT(*loner_signal, *db_signal);
+  for (const auto& p : manager.processes()) EXPECT_EQ(p.state, pymanager::ProcessState::stopped) << p.name;
+  EXPECT_EQ(manager.illegal_transitions(), 0u);
+}
+
+TEST_F(Graph, ADependentThatIgnoresItsSignalBoundsTheOrderedShutdown) {
+  // api ignores its SIGTERM; its own graceful time is 0.5 s (the top-level
+  // one two minutes). db may have its signal only once api is gone: after
+  // api's SIGKILL, not after two minutes, and not before.
+  auto cfg = config({service("db", 0, {}, R"("depends_on": [])"),
+                     service("api", 0, {"--ignore-signals"}, R"("depends_on": ["db"], "options": {"graceful_time": 0.5})")},
+                    R"("graceful_time": 120)");
+  Capture capture;
+  pymanager::Manager manager(cfg, capture.options());
+  manager.start();
+  for (const auto& name : {"db", "api"}) {
+    ASSERT_TRUE(wait_until([&] { return when(log_of(name), "listening").has_value(); })) << name;
+  }
+  const pid_t api_pid = info(manager, "api").pid;
+  const auto began = std::chrono::steady_clock::now();
+  manager.shutdown();
+  ASSERT_TRUE(manager.wait_finished(60s)) << capture.log();
+  EXPECT_LT(std::chrono::steady_clock::now() - began, 30s);
+  auto api_signal = when(log_of("api"), "signal 15");
+  auto db_signal = when(log_of("db"), "signal 15");
+  ASSERT_TRUE(api_signal && db_signal) << capture.log();
+  // The manager signalled api no later than api says; SIGKILL came 0.5 s
+  // after that signal, and db's signal after api's end.
+  EXPECT_GE(*db_signal - *api_signal, 450000) << "db was signalled before api's graceful time ran out";
+  EXPECT_LT(*db_signal - *api_signal, 30000000) << "db waited for more than api's own graceful time";
+  auto api = info(manager, "api");
+  EXPECT_TRUE(api.killed);
+  ASSERT_TRUE(api.exit.has_value());
+  EXPECT_EQ(api.exit->code(), -SIGKILL);
+  EXPECT_FALSE(testutil::pid_alive(api_pid));
+  EXPECT_FALSE(info(manager, "db").killed);
+  EXPECT_TRUE(when(log_of("db"), "exit").has_value());
   for (const auto& p : manager.processes()) EXPECT_EQ(p.state, pymanager::ProcessState::stopped) << p.name;
   EXPECT_EQ(manager.illegal_transitions(), 0u);
 }
@@ -392,6 +464,29 @@ TEST_F(Graph, ADaemonIsListedStoppedGracefullyAndReplacedOnRestart) {
   EXPECT_TRUE(when(log_of("db"), "signal 15", 1).has_value());
   EXPECT_FALSE(testutil::pid_alive(*new_daemon));
   EXPECT_FALSE(info(manager, "db").killed) << "the daemon should have stopped on its SIGTERM";
+}
+
+TEST_F(Graph, ADaemonThatIgnoresItsSignalIsKilledAfterTheGracefulTime) {
+  auto cfg = config({service("db", 0, {"--daemonize", "--ignore-signals"}, R"("options": {"graceful_time": 0.5})")},
+                    R"("graceful_time": 120)");
+  Capture capture;
+  pymanager::Manager manager(cfg, capture.options());
+  manager.start();
+  ASSERT_TRUE(wait_until([&] { return !info(manager, "db").daemons.empty(); }, 30s)) << capture.log();
+  auto daemon = pid_of(log_of("db"), "daemon");
+  ASSERT_TRUE(daemon.has_value());
+  EXPECT_THAT(info(manager, "db").daemons, ElementsAre(*daemon));
+  ASSERT_TRUE(wait_until([&] { return when(log_of("db"), "listening").has_value(); }));
+  const auto began = std::chrono::steady_clock::now();
+  manager.shutdown();
+  ASSERT_TRUE(manager.wait_finished(60s)) << capture.log();
+  EXPECT_LT(std::chrono::steady_clock::now() - began, 30s) << "the daemon's graceful time was not its own 0.5 s";
+  // It had its signal first (and ignored it), then it was killed: gone.
+  EXPECT_EQ(pid_of(log_of("db"), "signal 15"), daemon) << testutil::read_file(log_of("db"));
+  EXPECT_TRUE(wait_until([&] { return !testutil::pid_alive(*daemon); }, 5000ms)) << "the daemon survived";
+  EXPECT_FALSE(testutil::group_alive(*daemon));
+  EXPECT_TRUE(info(manager, "db").daemons.empty());
+  EXPECT_TRUE(info(manager, "db").killed) << capture.log();
 }
 
 TEST_F(Graph, AStdoutNobodyReadsNeverBlocksTheManager) {
