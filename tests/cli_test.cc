@@ -930,6 +930,64 @@ TEST_F(Ctl, ListShowsTheDaemonsALauncherLeft) {
   EXPECT_THAT(result.err, HasSubstr("daemon pid " + pid + " of 'db' is gone"));
 }
 
+TEST_F(Ctl, ListAndTheApiShowWhatAProcessIsWaitingForDuringTheStart) {
+  // db is verified by a file the test creates when it has looked; api waits
+  // for db. Both views are taken while the start is held there.
+  testutil::write_file(dir_ + "/cfg.json", R"({"modules": {"pymanager.verifiers": {"verifiers": ["FileVerifier"]}},
+    "keep-alive": true, "graceful-time": 2, "http": {"enabled": true, "port": 0}, "processes": {
+    "db": {"executable": "sh", "arguments": ["-c", "echo $$ >> pids.txt; exec sleep 1000"],
+           "verifier": {"type": "pymanager.verifiers.FileVerifier",
+                        "arguments": {"path": "db-ready", "timeout": 120, "interval": 0.05}}},
+    "api": {"executable": "sh", "arguments": ["-c", "echo $$ >> pids.txt; echo $$ > api.pid; exec sleep 1000"],
+            "depends_on": ["db"]}}})");
+  auto manager = start({"-f", "cfg.json", "-v"});
+  testutil::RunResult list;
+  ASSERT_TRUE(wait_until([&] {
+    // Until db is spawned it is "starting"; from then on the file holds it.
+    list = ctl({"-f", "cfg.json", "list"});
+    return list.exit_code == 0 && list.out.find("verifying") != std::string::npos;
+  }, 30000ms)) << list.out << list.err << manager->err();
+  EXPECT_THAT(list.out, ::testing::ContainsRegex("1 +db +running +verifying +pid [0-9]+ +sh -c .*\n"));
+  EXPECT_THAT(list.out, ::testing::ContainsRegex("2 +api +[^\n]* waiting +[^\n]*  \\[waiting for: db\\]\n")) << list.out;
+
+  auto state = nlohmann::json::parse(testutil::read_file(dir_ + "/cfg.json.pymanager-state"), nullptr, false);
+  const std::string url = state.value("url", "");
+  ASSERT_EQ(url.rfind("http://127.0.0.1:", 0), 0u) << url;
+  httplib::Client api("127.0.0.1", std::atoi(url.substr(std::string("http://127.0.0.1:").size()).c_str()));
+  api.set_read_timeout(20, 0);
+  // GET / and the process named `name` in it (null when absent).
+  auto get_one = [&](const std::string& name) {
+    auto r = api.Get("/");
+    auto all = r && r->status == 200 ? nlohmann::json::parse(r->body, nullptr, false) : nlohmann::json();
+    if (all.is_object() && all.contains("processes") && all["processes"].is_array()) {
+      for (const auto& p : all["processes"]) {
+        if (p.is_object() && p.value("name", "") == name) return p;
+      }
+    }
+    return nlohmann::json();
+  };
+  auto api_json = get_one("api");
+  EXPECT_EQ(testutil::field(api_json, {"state"}), "waiting") << api_json.dump();
+  EXPECT_EQ(testutil::field(api_json, {"waiting_for"}), nlohmann::json::array({"db"})) << api_json.dump();
+  auto db_json = get_one("db");
+  EXPECT_EQ(testutil::field(db_json, {"state"}), "verifying") << db_json.dump();
+  EXPECT_FALSE(db_json.contains("waiting_for")) << db_json.dump();
+  EXPECT_NE(::access((dir_ + "/api.pid").c_str(), F_OK), 0) << "api started before db was verified";
+
+  testutil::write_file(dir_ + "/db-ready", "");
+  ASSERT_TRUE(manager->wait_for_output("all processes are up")) << manager->err();
+  api_json = get_one("api");
+  EXPECT_EQ(testutil::field(api_json, {"state"}), "ready") << api_json.dump();
+  EXPECT_FALSE(api_json.contains("waiting_for")) << api_json.dump();
+  list = ctl({"-f", "cfg.json", "list"});
+  EXPECT_THAT(list.out, Not(HasSubstr("waiting for"))) << list.out;
+  EXPECT_EQ(pids_in("api.pid").size(), 1u);
+
+  EXPECT_EQ(ctl({"-f", "cfg.json", "shutdown"}).exit_code, 0);
+  EXPECT_EQ(manager->wait(15000ms).exit_code, 0);
+  expect_all_gone("pids.txt");
+}
+
 // "By default, no additional output is displayed": an exit nobody asked
 // about is printed only with process.exit in messages (or -v / -w).
 TEST_F(Ctl, AnExitIsPrintedOnlyWhenProcessExitIsAskedFor) {

@@ -745,3 +745,50 @@ TEST(ProcessJson, AWaitingProcessSaysWhatItWaitsFor) {
 }
 
 }  // namespace
+
+namespace {
+
+/// The pids that wrote `event` ("listening", "signal 2") to a stamp file.
+std::vector<pid_t> stamped(const std::string& file, const std::string& event) {
+  std::vector<pid_t> out;
+  std::istringstream in(testutil::read_file(file));
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind(event + " ", 0) != 0) continue;
+    std::istringstream rest(line.substr(event.size() + 1));
+    pid_t pid = 0;
+    if (rest >> pid) out.push_back(pid);
+  }
+  return out;
+}
+
+TEST_F(Api, AStopOrRestartThroughTheApiSendsTheProcessOwnStopSignal) {
+  // pg stops on SIGINT, as `postgres` does for a fast shutdown; the API's
+  // restart and stop must send that, not SIGTERM.
+  const std::string stamp = testutil::runfile("tests/helpers/stamp_service");
+  const std::string stamps = testutil::make_temp_dir() + "/pg-stamps";
+  start("\"pg\": {\"executable\": \"" + stamp + "\", \"arguments\": [\"--stamp\", \"" + stamps +
+        "\"], \"options\": {\"stop_signal\": \"SIGINT\"}}");
+  // Its signal handling is in place once it says "listening".
+  ASSERT_TRUE(wait_until([&] { return stamped(stamps, "listening").size() == 1; })) << testutil::read_file(stamps);
+  const pid_t first = stamped(stamps, "listening")[0];
+  EXPECT_EQ(manager_->processes()[0].pid, first);
+
+  auto restarted = call("POST", "/restart/pg");
+  ASSERT_EQ(restarted.first, 200) << restarted.second.dump();
+  EXPECT_EQ(stamped(stamps, "signal 2"), std::vector<pid_t>{first}) << testutil::read_file(stamps);
+  const pid_t second = static_cast<pid_t>(testutil::integer(restarted.second, {"process", "pid"}));
+  EXPECT_NE(second, first);
+  ASSERT_TRUE(wait_until([&] { return stamped(stamps, "listening").size() == 2; })) << testutil::read_file(stamps);
+  EXPECT_EQ(stamped(stamps, "listening")[1], second);
+
+  auto stopped = call("POST", "/stop/pg");
+  ASSERT_EQ(stopped.first, 200) << stopped.second.dump();
+  EXPECT_EQ(stamped(stamps, "signal 2"), (std::vector<pid_t>{first, second})) << testutil::read_file(stamps);
+  EXPECT_TRUE(stamped(stamps, "signal 15").empty()) << testutil::read_file(stamps);
+  // It exited 0 on its SIGINT, within its graceful time: not killed.
+  EXPECT_EQ(testutil::field(stopped.second, {"process", "code"}), 0) << stopped.second.dump();
+  EXPECT_FALSE(manager_->processes()[0].killed);
+  EXPECT_FALSE(testutil::group_alive(second));
+}
+
+}  // namespace
