@@ -251,6 +251,31 @@ TEST_F(Cli, ExitCode5WhenAVerifierFailsAndEverythingLaunchedIsStopped) {
   expect_all_gone("pids.txt");
 }
 
+TEST_F(Cli, AFailureInAGraphCancelsTheSiblingsVerifierStopsEverythingAndExits5) {
+  // slow is verified by a file nobody creates (for up to 120 s); bad, its
+  // sibling, exits 3 once slow runs; after depends on bad. The run must end
+  // with bad's failure, long before slow's verifier would give up.
+  testutil::write_file(dir_ + "/cfg.json", R"({"modules": {"pymanager.verifiers": {"verifiers": ["FileVerifier"]},
+      "pymutils.exited_verifier": {"verifiers": ["ExitedVerifier"]}}, "processes": {
+    "slow": {"executable": "sh", "arguments": ["-c", "echo $$ >> pids.txt; echo $$ > slow.pid; exec sleep 1000"],
+             "depends_on": [],
+             "verifier": {"type": "pymanager.verifiers.FileVerifier", "arguments": {"path": "never", "timeout": 120}}},
+    "bad": {"executable": "sh", "arguments": ["-c", "echo $$ >> pids.txt; while [ ! -s slow.pid ]; do sleep 0.01; done; echo 'no schema' >&2; exit 3"],
+            "depends_on": [],
+            "verifier": {"type": "pymutils.exited_verifier.ExitedVerifier", "arguments": {"timeout": 120}}},
+    "after": {"executable": "sh", "arguments": ["-c", "echo $$ >> pids.txt; echo ran > after.txt"], "depends_on": ["bad"]}}})");
+  const auto began = std::chrono::steady_clock::now();
+  auto result = run({"-f", "cfg.json"}, 100000ms);
+  EXPECT_LT(std::chrono::steady_clock::now() - began, 60s) << "slow's verifier was not cancelled";
+  EXPECT_EQ(result.exit_code, 5) << result.err;
+  EXPECT_THAT(result.err, HasSubstr("process 'bad': verifier pymutils.exited_verifier.ExitedVerifier failed: exited with exit code 3"));
+  EXPECT_THAT(result.err, HasSubstr("no schema"));
+  EXPECT_THAT(result.err, Not(HasSubstr("process 'slow': verifier"))) << "slow's cancelled verifier is not the failure";
+  EXPECT_NE(::access((dir_ + "/after.txt").c_str(), F_OK), 0) << "a dependent of the failed process was launched";
+  EXPECT_EQ(pids_in("pids.txt").size(), 2u);
+  expect_all_gone("pids.txt");
+}
+
 TEST_F(Cli, HttpVerifierPassesAgainstARealServiceAndFollowsRedirectsToIt) {
   int port = testutil::free_port();
   write_config(R"("greeter": {"executable": ")" + greeter_ + R"(", "arguments": ["--port", ")" + std::to_string(port) +
