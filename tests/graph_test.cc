@@ -127,7 +127,11 @@ TEST_F(Graph, ADiamondStartsInOrderWithItsBranchesOverlapping) {
   Capture capture;
   pymanager::Manager manager(cfg, capture.options());
   auto start = std::async(std::launch::async, [&] { manager.start(); });
-  ASSERT_TRUE(wait_until([&] { return started("api") && started("worker"); }, 30s)) << capture.log();
+  // A child can say "start" before the manager has seen it spawned; once it
+  // is verifying, the "go" file holds it there.
+  ASSERT_TRUE(wait_until([&] {
+    return started("api") && started("worker") && info(manager, "api").state == pymanager::ProcessState::verifying;
+  }, 30s)) << capture.log();
   EXPECT_FALSE(started("web"));
   auto waiting = info(manager, "web");
   EXPECT_EQ(waiting.state, pymanager::ProcessState::waiting);
@@ -151,7 +155,8 @@ TEST_F(Graph, StartedDoesNotWaitForTheVerifier) {
   pymanager::Manager manager(cfg, capture.options());
   auto start = std::async(std::launch::async, [&] { manager.start(); });
   ASSERT_TRUE(wait_until([&] { return started("cache"); }, 30s)) << capture.log();
-  EXPECT_EQ(info(manager, "db").state, pymanager::ProcessState::verifying);
+  // cache began after db was spawned; db's verifier may lag its spawn by an event.
+  EXPECT_TRUE(wait_until([&] { return info(manager, "db").state == pymanager::ProcessState::verifying; }, 30s));
   EXPECT_EQ(start.wait_for(0s), std::future_status::timeout);
   testutil::write_file(file("db-go"), "");
   ASSERT_EQ(start.wait_for(60s), std::future_status::ready);
