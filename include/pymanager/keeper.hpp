@@ -1,7 +1,7 @@
 // pymanager: the keeper program's entry point.
 //
 // The keeper is the helper process that spawns the managed processes and
-// kills whatever they leave behind (see detail/keeper.hpp). The Manager
+// kills whatever they leave behind (see detail/keeper_program.hpp). The Manager
 // starts it by exec'ing the program //tools:pymanager-keeper, whose main()
 // is only `return pymanager::run_keeper(argc, argv);`, so that the keeper
 // does not share the host's memory. Install that program next to your

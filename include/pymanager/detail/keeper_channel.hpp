@@ -4,7 +4,8 @@
 // from any thread without I/O; the process core's event loop sends them
 // when the socket has room (never blocking) and reads what comes back as
 // CoreEvents. Everything else of the keeper (its program, its protocol,
-// starting and reaping it) is in detail/keeper.hpp.
+// starting and reaping it) is in detail/keeper_program.hpp and
+// detail/keeper_client.hpp.
 #ifndef PYMANAGER_DETAIL_KEEPER_CHANNEL_HPP
 #define PYMANAGER_DETAIL_KEEPER_CHANNEL_HPP
 
@@ -23,7 +24,8 @@
 #include <vector>
 
 #include "pymanager/detail/fd.hpp"
-#include "pymanager/detail/keeper.hpp"
+#include "pymanager/detail/keeper_client.hpp"
+#include "pymanager/detail/keeper_protocol.hpp"
 #include "pymanager/error.hpp"
 #include "pymanager/output.hpp"
 #include "pymanager/process.hpp"
