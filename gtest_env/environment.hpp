@@ -16,6 +16,8 @@
 #ifndef PYMANAGER_GTEST_ENV_ENVIRONMENT_HPP
 #define PYMANAGER_GTEST_ENV_ENVIRONMENT_HPP
 
+#include "pymanager/detail/cxx17.hpp"  // first: a pre-C++17 build stops with one clear error
+
 #include <cstddef>
 #include <functional>
 #include <memory>

@@ -7,6 +7,8 @@
 #ifndef PYMANAGER_CONFIG_HPP
 #define PYMANAGER_CONFIG_HPP
 
+#include "pymanager/detail/cxx17.hpp"  // first: a pre-C++17 build stops with one clear error
+
 #include <algorithm>
 #include <cstddef>
 #include <cstring>

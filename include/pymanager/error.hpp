@@ -2,6 +2,8 @@
 #ifndef PYMANAGER_ERROR_HPP
 #define PYMANAGER_ERROR_HPP
 
+#include "pymanager/detail/cxx17.hpp"  // first: a pre-C++17 build stops with one clear error
+
 #include <cerrno>
 #include <cstring>
 #include <stdexcept>

@@ -15,6 +15,8 @@
 #ifndef PYMANAGER_FRONTEND_HPP
 #define PYMANAGER_FRONTEND_HPP
 
+#include "pymanager/detail/cxx17.hpp"  // first: a pre-C++17 build stops with one clear error
+
 #include <unistd.h>
 
 #include <cstdlib>

@@ -23,6 +23,8 @@
 #ifndef PYMANAGER_HTTP_API_HPP
 #define PYMANAGER_HTTP_API_HPP
 
+#include "pymanager/detail/cxx17.hpp"  // first: a pre-C++17 build stops with one clear error
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>

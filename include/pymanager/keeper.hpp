@@ -18,6 +18,8 @@
 #ifndef PYMANAGER_KEEPER_HPP
 #define PYMANAGER_KEEPER_HPP
 
+#include "pymanager/detail/cxx17.hpp"  // first: a pre-C++17 build stops with one clear error
+
 #include <sys/socket.h>
 #include <unistd.h>
 

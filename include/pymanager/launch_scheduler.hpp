@@ -13,6 +13,8 @@
 #ifndef PYMANAGER_LAUNCH_SCHEDULER_HPP
 #define PYMANAGER_LAUNCH_SCHEDULER_HPP
 
+#include "pymanager/detail/cxx17.hpp"  // first: a pre-C++17 build stops with one clear error
+
 #include <algorithm>
 #include <condition_variable>
 #include <cstddef>

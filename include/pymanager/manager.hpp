@@ -25,6 +25,8 @@
 #ifndef PYMANAGER_MANAGER_HPP
 #define PYMANAGER_MANAGER_HPP
 
+#include "pymanager/detail/cxx17.hpp"  // first: a pre-C++17 build stops with one clear error
+
 #include <sys/resource.h>
 
 #include <algorithm>

@@ -3,6 +3,8 @@
 #ifndef PYMANAGER_MANAGER_OPTIONS_HPP
 #define PYMANAGER_MANAGER_OPTIONS_HPP
 
+#include "pymanager/detail/cxx17.hpp"  // first: a pre-C++17 build stops with one clear error
+
 #include <unistd.h>
 
 #include <cstddef>

@@ -10,6 +10,8 @@
 #ifndef PYMANAGER_OUTPUT_HPP
 #define PYMANAGER_OUTPUT_HPP
 
+#include "pymanager/detail/cxx17.hpp"  // first: a pre-C++17 build stops with one clear error
+
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>

@@ -66,6 +66,8 @@
 #ifndef PYMANAGER_PLUGIN_HPP
 #define PYMANAGER_PLUGIN_HPP
 
+#include "pymanager/detail/cxx17.hpp"  // first: a pre-C++17 build stops with one clear error
+
 #include <exception>
 #include <string>
 

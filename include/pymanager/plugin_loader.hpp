@@ -5,6 +5,8 @@
 #ifndef PYMANAGER_PLUGIN_LOADER_HPP
 #define PYMANAGER_PLUGIN_LOADER_HPP
 
+#include "pymanager/detail/cxx17.hpp"  // first: a pre-C++17 build stops with one clear error
+
 #include <dlfcn.h>
 
 #include <cstring>

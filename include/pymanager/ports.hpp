@@ -22,6 +22,8 @@
 #ifndef PYMANAGER_PORTS_HPP
 #define PYMANAGER_PORTS_HPP
 
+#include "pymanager/detail/cxx17.hpp"  // first: a pre-C++17 build stops with one clear error
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>

@@ -3,6 +3,8 @@
 #ifndef PYMANAGER_PROCESS_HPP
 #define PYMANAGER_PROCESS_HPP
 
+#include "pymanager/detail/cxx17.hpp"  // first: a pre-C++17 build stops with one clear error
+
 #include <sys/stat.h>
 #include <unistd.h>
 

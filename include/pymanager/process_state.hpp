@@ -24,6 +24,8 @@
 #ifndef PYMANAGER_PROCESS_STATE_HPP
 #define PYMANAGER_PROCESS_STATE_HPP
 
+#include "pymanager/detail/cxx17.hpp"  // first: a pre-C++17 build stops with one clear error
+
 #include <cstddef>
 
 namespace pymanager {

@@ -10,6 +10,8 @@
 #ifndef PYMANAGER_PYMANAGER_HPP
 #define PYMANAGER_PYMANAGER_HPP
 
+#include "pymanager/detail/cxx17.hpp"  // first: a pre-C++17 build stops with one clear error
+
 #include "pymanager/config.hpp"
 #include "pymanager/error.hpp"
 #include "pymanager/frontend.hpp"

@@ -3,6 +3,8 @@
 #ifndef PYMANAGER_SIGNALS_HPP
 #define PYMANAGER_SIGNALS_HPP
 
+#include "pymanager/detail/cxx17.hpp"  // first: a pre-C++17 build stops with one clear error
+
 #include <signal.h>
 
 #include <cstddef>

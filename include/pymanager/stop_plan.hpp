@@ -5,6 +5,8 @@
 #ifndef PYMANAGER_STOP_PLAN_HPP
 #define PYMANAGER_STOP_PLAN_HPP
 
+#include "pymanager/detail/cxx17.hpp"  // first: a pre-C++17 build stops with one clear error
+
 #include <csignal>
 #include <string>
 #include <vector>

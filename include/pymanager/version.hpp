@@ -2,6 +2,8 @@
 #ifndef PYMANAGER_VERSION_HPP
 #define PYMANAGER_VERSION_HPP
 
+#include "pymanager/detail/cxx17.hpp"  // first: a pre-C++17 build stops with one clear error
+
 #define PYMANAGER_VERSION_MAJOR 0
 #define PYMANAGER_VERSION_MINOR 1
 #define PYMANAGER_VERSION_PATCH 0

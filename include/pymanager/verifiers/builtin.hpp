@@ -2,6 +2,8 @@
 #ifndef PYMANAGER_VERIFIERS_BUILTIN_HPP
 #define PYMANAGER_VERIFIERS_BUILTIN_HPP
 
+#include "pymanager/detail/cxx17.hpp"  // first: a pre-C++17 build stops with one clear error
+
 #include "pymanager/verifier.hpp"
 #include "pymanager/verifiers/command_verifier.hpp"
 #include "pymanager/verifiers/exited_verifier.hpp"

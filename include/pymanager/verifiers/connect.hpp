@@ -4,6 +4,8 @@
 #ifndef PYMANAGER_VERIFIERS_CONNECT_HPP
 #define PYMANAGER_VERIFIERS_CONNECT_HPP
 
+#include "pymanager/detail/cxx17.hpp"  // first: a pre-C++17 build stops with one clear error
+
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>

@@ -5,6 +5,8 @@
 #ifndef PYMANAGER_VERIFIERS_FILE_VERIFIER_HPP
 #define PYMANAGER_VERIFIERS_FILE_VERIFIER_HPP
 
+#include "pymanager/detail/cxx17.hpp"  // first: a pre-C++17 build stops with one clear error
+
 #include <sys/stat.h>
 
 #include <cerrno>

@@ -6,6 +6,8 @@
 #ifndef PYMANAGER_VERIFIERS_HTTP_VERIFIER_HPP
 #define PYMANAGER_VERIFIERS_HTTP_VERIFIER_HPP
 
+#include "pymanager/detail/cxx17.hpp"  // first: a pre-C++17 build stops with one clear error
+
 #include <pthread.h>
 #include <sys/socket.h>
 #include <unistd.h>

@@ -3,6 +3,8 @@
 #ifndef PYMANAGER_VERIFIERS_TCP_VERIFIER_HPP
 #define PYMANAGER_VERIFIERS_TCP_VERIFIER_HPP
 
+#include "pymanager/detail/cxx17.hpp"  // first: a pre-C++17 build stops with one clear error
+
 #include <arpa/inet.h>
 
 #include <memory>
