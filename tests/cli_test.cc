@@ -472,6 +472,17 @@ TEST_F(Cli, WithoutKeepAliveItExitsOnceEveryProcessHasExited) {
   EXPECT_THAT(result.err, HasSubstr("exited with code 0"));
 }
 
+TEST_F(Cli, AnExitBySignalIsSaidAsASignal) {
+  write_config(R"("a": {"executable": "sh", "arguments": ["-c", "kill -9 $$"]},
+                  "b": {"executable": "sh", "arguments": ["-c", "exit 3"]})",
+               R"("messages": ["process.exit"])");
+  auto result = run({"-f", "cfg.json"}, 15000ms);
+  EXPECT_EQ(result.exit_code, 0) << result.err;
+  EXPECT_THAT(result.err, ::testing::ContainsRegex("process 'a' \\(pid [0-9]+\\) exited with signal 9 \\(Killed\\)\n"));
+  EXPECT_THAT(result.err, ::testing::ContainsRegex("process 'b' \\(pid [0-9]+\\) exited with code 3\n"));
+  EXPECT_THAT(result.err, Not(HasSubstr("code -9")));
+}
+
 TEST_F(Cli, WithKeepAliveItStaysAfterEveryProcessHasExited) {
   write_config(R"("a": {"executable": "sh", "arguments": ["-c", "exit 3"]})",
                R"("keep-alive": true, "messages": ["process.exit"])");

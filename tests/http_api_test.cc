@@ -205,10 +205,19 @@ TEST_F(Api, IdsAreNumbersOrNamesAndBadOnesGetTheOriginalErrors) {
   start(R"("web": {"executable": "sleep", "arguments": ["1000"]})");
   expect_error(call("POST", "/restart/7"), 404, "no process with id 7");
   expect_error(call("POST", "/restart/0"), 404, "no process with id 0");
-  expect_error(call("POST", "/restart/abc"), 400, "invalid process id 'abc'");
+  // An unknown name is 404 on every endpoint that takes an id.
+  expect_error(call("POST", "/restart/abc"), 404, "no process named 'abc'");
+  expect_error(call("POST", "/stop/abc"), 404, "no process named 'abc'");
+  expect_error(call("POST", "/start/abc"), 404, "no process named 'abc'");
+  expect_error(call("GET", "/processes/nope"), 404, "no process named 'nope'");
+  expect_error(call("GET", "/processes/nope/output"), 404, "no process named 'nope'");
+  // What can be neither a number nor a name stays 400, as in the seed.
   expect_error(call("POST", "/restart/-1"), 400, "invalid process id '-1'");
-  expect_error(call("GET", "/processes/nope"), 400, "'nope'");
+  expect_error(call("POST", "/stop/+1"), 400, "invalid process id '+1'");
+  expect_error(call("GET", "/processes/12345678901"), 400, "invalid process id '12345678901'");
+  expect_error(call("GET", "/processes/we%01b"), 400, "invalid process id 'we\x01" "b'");
   expect_error(call("GET", "/processes/5/output"), 404, "no process with id 5");
+  EXPECT_EQ(call("GET", "/processes/web").first, 200);
 }
 
 TEST_F(Api, RestartAnswersAfterTheVerifierPassedWithTheNewPid) {

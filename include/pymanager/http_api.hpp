@@ -29,7 +29,9 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cctype>
+#include <cstdint>
 #include <cerrno>
 #include <functional>
 #include <memory>
@@ -262,8 +264,45 @@ class HttpApi {
       return n - 1;
     }
     if (auto index = manager_.index_of(id)) return *index;
-    throw Error(ErrorKind::invalid_argument,
-                "invalid process id '" + id + "': not a number, and no process has that name");
+    if (malformed_id(id)) {
+      throw Error(ErrorKind::invalid_argument,
+                  "invalid process id '" + id + "': not a number from 1 to " + std::to_string(manager_.size()) +
+                      ", and not a process name");
+    }
+    throw Error(ErrorKind::not_found, "no process named '" + id + "'");
+  }
+
+  /// True when `text` is well-formed UTF-8 (no overlong forms, no surrogates).
+  static bool valid_utf8(const std::string& text) {
+    for (std::size_t i = 0; i < text.size();) {
+      const auto c = static_cast<unsigned char>(text[i]);
+      std::size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+      if (n == 0 || i + n > text.size()) return false;
+      std::uint32_t code = n == 1 ? c : n == 2 ? (c & 0x1Fu) : n == 3 ? (c & 0x0Fu) : (c & 0x07u);
+      for (std::size_t k = 1; k < n; ++k) {
+        const auto next = static_cast<unsigned char>(text[i + k]);
+        if ((next >> 6) != 0x2) return false;
+        code = (code << 6) | (next & 0x3Fu);
+      }
+      static constexpr std::uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
+      if (code < kMin[n] || code > 0x10FFFF || (code >= 0xD800 && code <= 0xDFFF)) return false;
+      i += n;
+    }
+    return true;
+  }
+
+  /// An <id> that can be neither a process number nor a name (400, as the
+  /// seed's non-numbers): a signed or over-long number, a control character,
+  /// bytes that are not UTF-8. Any other is a name, and
+  /// an unknown one is 404.
+  static bool malformed_id(const std::string& id) {
+    if (id.empty() || id.size() > 4096) return true;
+    if (id.find_first_not_of("0123456789") == std::string::npos) return true;  // digits: too many of them
+    if ((id[0] == '-' || id[0] == '+') && id.size() > 1 && id.find_first_not_of("0123456789", 1) == std::string::npos) {
+      return true;
+    }
+    if (!valid_utf8(id)) return true;
+    return std::any_of(id.begin(), id.end(), [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; });
   }
 
   Response handle(const detail::HttpRequest& req) {

@@ -281,7 +281,9 @@ class EventHandler : public CoreListener {
     // messages come in the order things happened.
     const std::string who = "process " + quote(p.spec.name) + " (pid " + std::to_string(pid) + ") exited ";
     if (s_.config.messages.process_exit) {
-      s_.log(who + "with code " + std::to_string(status.code()) + (status.signaled ? " (" + status.describe() + ")" : ""));
+      // The original's "exited with code N"; a signal is said as one, not as
+      // the negative code the seed's status shows ("exited with signal 9 (Killed)").
+      s_.log(who + (status.signaled ? "with " + status.describe() : "with code " + std::to_string(status.code())));
     } else if (!expected && s_.options.verbose && !(status.code() == 0 && daemons)) {
       // Without process.exit (or -v), exits are no output of ours: "By
       // default, no additional output is displayed", as the original says.
