@@ -1024,6 +1024,43 @@ TEST_F(Ctl, ListAndTheApiShowWhatAProcessIsWaitingForDuringTheStart) {
   expect_all_gone("pids.txt");
 }
 
+TEST_F(Ctl, ThePortsThatPlaceholdersBecameArePrintedListedAndServed) {
+  // Each child writes the port it was given, in its argument and in its
+  // environment; the binary, GET / and ctl list must all say the same.
+  auto manager = start_manager(R"("web": {"executable": "sh",
+      "arguments": ["-c", "echo $$ >> pids.txt; echo ${port:web} $PYMANAGER_PORT_WEB > web.port; exec sleep 1000"]},
+    "db": {"executable": "sh",
+      "arguments": ["-c", "echo $$ >> pids.txt; echo ${port:db} $PYMANAGER_PORT_DB > db.port; exec sleep 1000"]})",
+                               R"({"enabled": true, "port": 0})");
+  ASSERT_TRUE(wait_until([&] {
+    return testutil::read_file(dir_ + "/web.port").size() > 2 && testutil::read_file(dir_ + "/db.port").size() > 2;
+  }));
+  auto port_of = [&](const std::string& name) {
+    std::istringstream in(testutil::read_file(dir_ + "/" + name + ".port"));
+    int argument = 0, environment = 0;
+    in >> argument >> environment;
+    EXPECT_EQ(argument, environment) << name;
+    return argument;
+  };
+  const int web = port_of("web"), db = port_of("db");
+  ASSERT_GT(web, 0);
+  ASSERT_GT(db, 0);
+  ASSERT_NE(web, db);
+  const std::string line = "ports: db=" + std::to_string(db) + " web=" + std::to_string(web);
+  EXPECT_THAT(manager->err(), HasSubstr("pymanager: " + line + "\n"));
+
+  auto list = ctl({"-f", "cfg.json", "list"});
+  EXPECT_EQ(list.exit_code, 0) << list.err;
+  EXPECT_THAT(list.out, ::testing::EndsWith("\n" + line + "\n")) << list.out;
+  auto json_list = ctl({"-f", "cfg.json", "--json", "list"});
+  auto body = nlohmann::json::parse(json_list.out, nullptr, false);
+  EXPECT_EQ(testutil::field(body, {"ports"}), (nlohmann::json{{"db", db}, {"web", web}})) << json_list.out;
+
+  EXPECT_EQ(ctl({"-f", "cfg.json", "shutdown"}).exit_code, 0);
+  EXPECT_EQ(manager->wait(15000ms).exit_code, 0);
+  expect_all_gone("pids.txt");
+}
+
 // "By default, no additional output is displayed": an exit nobody asked
 // about is printed only with process.exit in messages (or -v / -w).
 TEST_F(Ctl, AnExitIsPrintedOnlyWhenProcessExitIsAskedFor) {

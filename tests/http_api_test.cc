@@ -192,7 +192,8 @@ TEST_F(Api, ListAndStatusHaveTheOriginalShapes) {
                     {{{"id", 1}, {"name", "web"}, {"command", "sleep 1000"}, {"status", "running"}, {"pid", processes[0].pid},
                       {"state", "ready"}, {"daemons", json::array()}},
                      {{"id", 2}, {"name", "once"}, {"command", "sh -c exit 3"}, {"status", "terminated"}, {"code", 3},
-                      {"state", "exited"}, {"daemons", json::array()}}}}};
+                      {"state", "exited"}, {"daemons", json::array()}}}},
+                   {"ports", json::object()}};  // none: no ${port:NAME} in this config
   EXPECT_EQ(body, expected);
   EXPECT_EQ(call("GET", "/status"), std::make_pair(200, json{{"status", "running"}}));
   auto one = call("GET", "/processes/web");

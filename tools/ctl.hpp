@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -24,6 +25,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <httplib.h>
@@ -95,7 +97,8 @@ const char kCtlUsageText[] =
     "\n"
     "commands:\n"
     "  list           the processes: id, name, status, state, pid or exit code, command,\n"
-    "                 and the daemons each one left or what it waits for\n"
+    "                 and the daemons each one left or what it waits for; then the\n"
+    "                 ports that ${port:NAME} became\n"
     "  status         the manager's state (booting ... running ... shutdown)\n"
     "  restart ID     stop (TERM, KILL after restart-graceful-time) and start again, verified\n"
     "  stop ID        stop one process without restarting it\n"
@@ -357,6 +360,24 @@ inline std::string describe_process(const nlohmann::json& p) {
   return line.str();
 }
 
+/// "redis=11990 web=15389": named ports, by name.
+inline std::string describe_ports(std::vector<std::pair<std::string, int>> ports) {
+  std::sort(ports.begin(), ports.end());
+  std::string out;
+  for (const auto& [name, port] : ports) out += (out.empty() ? "" : " ") + name + "=" + std::to_string(port);
+  return out;
+}
+
+/// The same from GET /'s "ports" object; "" when absent or of another shape.
+inline std::string describe_ports(const nlohmann::json& ports) {
+  if (!ports.is_object()) return "";
+  std::vector<std::pair<std::string, int>> list;
+  for (const auto& [name, port] : ports.items()) {
+    if (port.is_number_integer()) list.emplace_back(name, port.get<int>());
+  }
+  return describe_ports(std::move(list));
+}
+
 /// `processes`: an array of process objects (checked by the caller).
 inline std::string process_table(const nlohmann::json& processes) {
   std::ostringstream out;
@@ -460,6 +481,9 @@ inline int run_ctl(const std::vector<std::string>& args) {
     if (command == "list") {
       if (!body.contains("processes") || !is_process_list(body["processes"])) throw unexpected();
       std::cout << process_table(body["processes"]);
+      if (body.contains("ports")) {
+        if (std::string ports = describe_ports(body["ports"]); !ports.empty()) std::cout << "ports: " << ports << "\n";
+      }
     } else if (command == "status") {
       if (text_of(body, "status").empty()) throw unexpected();
       std::cout << text_of(body, "status") << "\n";

@@ -297,6 +297,8 @@ int main(int argc, char** argv) {
   }
   for (const auto& warning : loaded.warnings()) logger(warning);
   pymanager::Config& config = loaded.config;
+  // What `${port:NAME}` became, where the user looks first.
+  if (!config.ports.empty()) logger("ports: " + pymanager_tool::describe_ports(config.ports));
   if (options.verbose) {
     for (const auto& plugin : config.plugins) logger("loaded plugin " + plugin.path + " (module " + plugin.module + ")");
   }

@@ -124,6 +124,11 @@ struct Config {
   /// loaded by themselves; these are kept for what a front-end reports.
   std::vector<LoadedPlugin> plugins;
   HttpSpec http;
+  /// The ports the file's `${port:NAME}` placeholders became, in the order
+  /// of first use (set by load_config_json; empty for a config parsed
+  /// without it). For what front-ends report: the start-up line, GET /,
+  /// `ctl list`.
+  std::vector<std::pair<std::string, int>> ports;
   bool keep_alive = false;       ///< `keep-alive` / `keep_alive`
   double graceful_time = 10.0;   ///< `graceful-time` / `graceful_time`, seconds
   /// `restart-graceful-time` / `restart_graceful_time`: seconds a process gets

@@ -80,6 +80,7 @@ inline LoadedConfig load_config_json(nlohmann::ordered_json json, std::string so
   try {
     expand_ports(json, *loaded.ports);
     loaded.config = parse_config(json, registry, config_directory);
+    loaded.config.ports = loaded.ports->ports();
   } catch (const Error& e) {
     throw Error(e.kind(), loaded.source_name + ": " + e.what());
   }

@@ -2,7 +2,8 @@
 // endpoints and JSON shapes, and beyond them (names as ids, one process,
 // stop/start, the output tail, a bearer token).
 //
-//   GET    /                          {"count": N, "processes": [...]}       403 in shutdown
+//   GET    /                          {"count": N, "processes": [...],       403 in shutdown
+//                                      "ports": {"web": 20417}}
 //   GET    /status                    {"status": "running"}
 //   POST   /restart/<id>              {"success": true, "process": {...}}     after the verifier passed
 //   DELETE /                          {"success": true}                       shutdown runs asynchronously
@@ -360,7 +361,9 @@ class HttpApi {
     if (manager_.shutdown_begun()) throw Error(ErrorKind::shutting_down, "shutdown has begun");
     nlohmann::json processes = nlohmann::json::array();
     for (const auto& info : manager_.processes()) processes.push_back(process_to_json(info));
-    return json_response(200, {{"count", processes.size()}, {"processes", processes}});
+    nlohmann::json ports = nlohmann::json::object();
+    for (const auto& [name, port] : manager_.config().ports) ports[name] = port;
+    return json_response(200, {{"count", processes.size()}, {"processes", processes}, {"ports", ports}});
   }
 
   Response shutdown() {
