@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Everything CI checks beyond scripts/test.sh: the whole suite under
 # AddressSanitizer+UndefinedBehaviorSanitizer and under ThreadSanitizer,
-# clang-tidy, and each libFuzzer target for FUZZ_SECONDS (default 60).
-#   scripts/check.sh [asan] [tsan] [tidy] [fuzz]      (default: all four)
+# clang-tidy, each libFuzzer target for FUZZ_SECONDS (default 60), and the
+# CMake build with its installed package (scripts/cmake-check.sh).
+#   scripts/check.sh [asan] [tsan] [tidy] [fuzz] [cmake]      (default: all five)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 steps=("$@")
-[ "${#steps[@]}" -gt 0 ] || steps=(asan tsan tidy fuzz)
+[ "${#steps[@]}" -gt 0 ] || steps=(asan tsan tidy fuzz cmake)
 scripts/ensure-packages.sh
 for step in "${steps[@]}"; do
   start=$(date +%s)
@@ -15,7 +16,8 @@ for step in "${steps[@]}"; do
     asan | tsan) bazel test --config="$step" --build_tests_only //... ;;
     tidy) scripts/tidy.sh ;;
     fuzz) scripts/fuzz.sh "${FUZZ_SECONDS:-60}" ;;
-    *) echo "check: unknown step '$step' (asan, tsan, tidy, fuzz)" >&2; exit 2 ;;
+    cmake) scripts/cmake-check.sh ;;
+    *) echo "check: unknown step '$step' (asan, tsan, tidy, fuzz, cmake)" >&2; exit 2 ;;
   esac
   echo "check: $step passed in $(( $(date +%s) - start ))s"
 done
