@@ -12,10 +12,13 @@
 #
 # The test links pymanager::gtest_main (NO_MAIN: pymanager::gtest_env only;
 # your main() calls pymanager::testing::register_environment(&argc, argv)),
-# and CTest runs it as `NAME --pymanager_config=<CONFIG's absolute path> ARGS...`,
-# with PYMANAGER_KEEPER set to the keeper program (pymanager::keeper), in
-# WORKING_DIRECTORY (default: the current build folder, where add_executable
-# puts the services and DATA is copied): paths in the config are relative to it.
+# and CTest runs it as `NAME --pymanager_config=CONFIG ARGS...`, with
+# PYMANAGER_KEEPER set to the keeper program (pymanager::keeper), in the
+# current build folder, where add_executable puts the services and CONFIG and
+# DATA are copied (under their paths relative to the current source folder):
+# paths in the config are relative to it, as they are to the runfiles root
+# under Bazel. WORKING_DIRECTORY: another folder (the config is then passed
+# as the copy's absolute path).
 #
 # Other arguments: ARGS (more arguments for the test), ENVIRONMENT (NAME=VALUE
 # items for the test's environment), LABELS, TIMEOUT (seconds).
@@ -31,9 +34,9 @@ function(pymanager_add_test)
       message(FATAL_ERROR "pymanager_add_test: ${required} is required")
     endif()
   endforeach()
-  get_filename_component(config "${arg_CONFIG}" ABSOLUTE BASE_DIR "${CMAKE_CURRENT_SOURCE_DIR}")
-  if(NOT EXISTS "${config}")
-    message(FATAL_ERROR "pymanager_add_test(${arg_NAME}): CONFIG ${arg_CONFIG}: no such file (${config})")
+  get_filename_component(config_source "${arg_CONFIG}" ABSOLUTE BASE_DIR "${CMAKE_CURRENT_SOURCE_DIR}")
+  if(NOT EXISTS "${config_source}")
+    message(FATAL_ERROR "pymanager_add_test(${arg_NAME}): CONFIG ${arg_CONFIG}: no such file (${config_source})")
   endif()
   if(NOT TARGET pymanager::keeper)
     message(FATAL_ERROR "pymanager_add_test: no pymanager::keeper target (find_package(pymanager CONFIG REQUIRED) first)")
@@ -48,21 +51,35 @@ function(pymanager_add_test)
   if(arg_DEPENDS)
     add_dependencies(${arg_NAME} ${arg_DEPENDS})
   endif()
+  # In pymanager's own tree the keeper is built here too (installed, it is imported).
+  get_target_property(keeper pymanager::keeper ALIASED_TARGET)
+  if(keeper)
+    add_dependencies(${arg_NAME} ${keeper})
+  endif()
 
-  # DATA: copied into the build folder under the same relative path, kept up
-  # to date at each configure (configure_file COPYONLY keeps the file mode).
-  foreach(item IN LISTS arg_DATA)
+  # CONFIG and DATA: copied into the build folder under the same relative
+  # path (a file outside the source folder: under its name), kept up to date
+  # at each configure (configure_file COPYONLY keeps the file mode), as
+  # Bazel puts them in the runfiles.
+  unset(config)
+  foreach(item IN LISTS arg_CONFIG arg_DATA)
     get_filename_component(source "${item}" ABSOLUTE BASE_DIR "${CMAKE_CURRENT_SOURCE_DIR}")
     file(RELATIVE_PATH relative "${CMAKE_CURRENT_SOURCE_DIR}" "${source}")
     if(relative MATCHES "^\\.\\./")
       get_filename_component(relative "${source}" NAME)
     endif()
     configure_file("${source}" "${CMAKE_CURRENT_BINARY_DIR}/${relative}" COPYONLY)
+    if(NOT DEFINED config)
+      set(config "${relative}")
+    endif()
   endforeach()
 
+  # The config is passed relative to the test's folder, as Bazel's rootpath;
+  # with a WORKING_DIRECTORY of your own, as an absolute path.
   set(directory "${CMAKE_CURRENT_BINARY_DIR}")
   if(arg_WORKING_DIRECTORY)
     get_filename_component(directory "${arg_WORKING_DIRECTORY}" ABSOLUTE BASE_DIR "${CMAKE_CURRENT_BINARY_DIR}")
+    set(config "${CMAKE_CURRENT_BINARY_DIR}/${config}")
   endif()
   add_test(NAME ${arg_NAME}
            COMMAND ${arg_NAME} "--pymanager_config=${config}" ${arg_ARGS}

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The CMake build and its installed package, as a user gets them:
 #  1. configure and build the top-level CMakeLists.txt (-Wall -Wextra) in a
-#     temporary build folder, then `cmake --install` into a temporary prefix;
+#     temporary build folder with examples/greeter_test (pymanager_add_test
+#     in the tree), run it with ctest, then `cmake --install` into a
+#     temporary prefix;
 #  2. the installed binary execs the installed keeper (`pymanager -v` would
 #     say "keeper forked" otherwise) and runs a config;
 #  3. examples/cmake, configured with CMAKE_PREFIX_PATH=<prefix> so that
@@ -26,7 +28,7 @@ jobs="${CMAKE_CHECK_JOBS:-2}"
 prefix="$tmp/prefix"
 
 echo "cmake-check: configure, build and install the project into $prefix"
-cmake -S "$root" -B "$tmp/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPYMANAGER_WARNINGS=ON \
+cmake -S "$root" -B "$tmp/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPYMANAGER_WARNINGS=ON -DPYMANAGER_BUILD_EXAMPLES=ON \
   -DCMAKE_INSTALL_PREFIX="$prefix" >"$tmp/configure.log" || { cat "$tmp/configure.log"; exit 1; }
 cmake --build "$tmp/build" -j "$jobs" >"$tmp/build.log" 2>&1 ||
   { cat "$tmp/build.log"; echo "cmake-check: the build failed" >&2; exit 1; }
@@ -34,6 +36,8 @@ cmake --build "$tmp/build" -j "$jobs" >"$tmp/build.log" 2>&1 ||
 warnings="$(grep -E "warning:" "$tmp/build.log" | sort -u || true)"
 echo "cmake-check: $(printf '%s' "$warnings" | grep -c . || true) distinct compiler warnings"
 [ -z "$warnings" ] || printf '%s\n' "$warnings"
+echo "cmake-check: examples/greeter_test in the build tree (ctest)"
+(cd "$tmp/build" && env -u PYMANAGER_KEEPER ctest --output-on-failure --timeout 120)
 cmake --install "$tmp/build" --prefix "$prefix" >"$tmp/install.log"
 for file in bin/pymanager bin/pymanager-keeper include/pymanager/pymanager.hpp include/gtest_env/environment.hpp \
             lib/cmake/pymanager/pymanagerConfig.cmake lib/cmake/pymanager/pymanagerConfigVersion.cmake \
