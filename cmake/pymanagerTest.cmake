@@ -41,6 +41,10 @@ function(pymanager_add_test)
   if(NOT TARGET pymanager::keeper)
     message(FATAL_ERROR "pymanager_add_test: no pymanager::keeper target (find_package(pymanager CONFIG REQUIRED) first)")
   endif()
+  if(NOT TARGET pymanager::gtest_main)
+    message(FATAL_ERROR "pymanager_add_test: pymanager was built without its GoogleTest environment "
+                        "(PYMANAGER_BUILD_GTEST_ENV=OFF)")
+  endif()
 
   add_executable(${arg_NAME} ${arg_SOURCES})
   if(arg_NO_MAIN)
