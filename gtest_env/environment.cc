@@ -248,6 +248,130 @@ class ProcessLogFiles {
   std::vector<int> files_;
 };
 
+// ---------------------------------------------------------- ProcessOutputs
+
+/// Where each process's output goes in one run: a live file (under the
+/// test's outputs) for what the Manager forwards, the redirect_output file
+/// (copied there once the run ends), or nothing for suppress_output; and the
+/// file that holds it all, for output_file() and the failure messages.
+class ProcessOutputs {
+ public:
+  /// Decides the files for `config`'s processes: under `root`/pymanager, in
+  /// a folder of its own named by `scope` ("" root: no files of ours).
+  void prepare(const Config& config, const std::string& root, const std::string& scope,
+               const std::function<void(const std::string&)>& log) {
+    live_files_.clear();
+    output_files_.clear();
+    redirects_.clear();
+    copies_.clear();
+    std::string scope_dir;
+    if (!root.empty()) {
+      std::string base = root + "/pymanager/" + file_name_for(scope);
+      if (!make_directories(root + "/pymanager")) {
+        log(errno_message("cannot create " + root + "/pymanager (process output files are not written)", errno));
+      } else {
+        for (int n = 1; n < 1000 && scope_dir.empty(); ++n) {
+          std::string candidate = n == 1 ? base : base + "-" + std::to_string(n);
+          if (::mkdir(candidate.c_str(), 0755) == 0) scope_dir = candidate;
+          else if (errno != EEXIST) break;
+        }
+      }
+    }
+    const std::string base_directory = config.base_directory.empty() ? current_directory() : config.base_directory;
+    for (const auto& spec : config.processes) {
+      std::string file = scope_dir.empty() ? "" : scope_dir + "/" + file_name_for(spec.name) + ".log";
+      if (spec.suppress_output) file.clear();
+      if (spec.redirect_output) {
+        redirects_.push_back(absolute_path(*spec.redirect_output, base_directory));
+        live_files_.emplace_back();
+        output_files_.push_back(redirects_.back());
+      } else {
+        redirects_.emplace_back();
+        live_files_.push_back(file);
+        output_files_.push_back(file);
+      }
+      copies_.push_back(spec.redirect_output ? file : "");
+    }
+  }
+
+  /// What ProcessLogFiles writes, per process ("" none).
+  const std::vector<std::string>& live_files() const { return live_files_; }
+
+  /// The file with all of process `index`'s output ("" none).
+  const std::string& output_file(std::size_t index) const { return output_files_.at(index); }
+
+  /// Once the Manager is gone: each redirect_output file is copied next to
+  /// the live files, and the copy is what output_file() names from then on.
+  void finish() {
+    for (std::size_t i = 0; i < copies_.size(); ++i) {
+      if (!copies_[i].empty() && !redirects_[i].empty()) {
+        if (copy_file(redirects_[i], copies_[i])) output_files_[i] = copies_[i];
+      }
+    }
+    copies_.clear();
+  }
+
+ private:
+  std::vector<std::string> live_files_;    ///< written from the output events, per process ("" none)
+  std::vector<std::string> output_files_;  ///< what output_file() answers
+  std::vector<std::string> redirects_;     ///< redirect_output paths ("" none)
+  std::vector<std::string> copies_;        ///< where a redirect_output file is copied at the end
+};
+
+/// What names a run's folder of output files: the environment, or the
+/// test or suite that runs the services.
+std::string scope_label(bool global) {
+  if (global) return "environment";
+  const auto* unit = ::testing::UnitTest::GetInstance();
+  if (const auto* test = unit->current_test_info()) return std::string(test->test_suite_name()) + "." + test->name();
+  if (const auto* suite = unit->current_test_suite()) return suite->name();
+  return "services";
+}
+
+// --------------------------------------------------------- failure messages
+
+/// One exit of a main process, as a Session records it.
+struct ExitRecord {
+  std::size_t index = 0;
+  pid_t pid = 0;
+  ExitStatus status;
+  bool expected = false;  ///< the Manager expected it (a stop, a shutdown, a one-shot step)
+  bool injected = false;  ///< the test signalled this process
+  bool reported = false;
+};
+
+/// The failure message for a process that exited unexpectedly: its status,
+/// when, its last lines and where its full output is.
+std::string unexpected_exit_message(const std::string& name, const ExitRecord& record, const std::string& when,
+                                    const std::vector<std::string>& lines, const std::string& output_file) {
+  std::string message = "process '" + name + "' (pid " + std::to_string(record.pid) + ") exited unexpectedly with " +
+                        record.status.describe() + " " + when;
+  if (lines.empty()) {
+    message += "; it printed nothing";
+  } else {
+    message += "; its last lines:";
+    for (const auto& line : lines) message += "\n  " + line;
+  }
+  if (!output_file.empty()) message += "\nfull output: " + output_file;
+  return message;
+}
+
+/// One message for each process that a shutdown had to kill with SIGKILL:
+/// its group was alive `before`, and it was killed by the time of `after`.
+std::vector<std::string> kill_messages(const std::vector<ProcessInfo>& before, const std::vector<ProcessInfo>& after,
+                                       const Config& config) {
+  std::vector<std::string> messages;
+  for (std::size_t i = 0; i < after.size() && i < before.size(); ++i) {
+    if (!before[i].group_alive || !after[i].killed) continue;
+    const ProcessSpec& spec = config.processes[i];
+    const double grace = spec.graceful_time.value_or(config.graceful_time);
+    messages.push_back("process '" + after[i].name + "' (pid " + std::to_string(after[i].pid) +
+                       ") did not stop within its graceful time " + format_seconds(grace) + " after " +
+                       signal_name(spec.stop_signal) + " and was killed with SIGKILL");
+  }
+  return messages;
+}
+
 }  // namespace
 
 // ----------------------------------------------------------------- Session
@@ -287,7 +411,7 @@ class Session {
       throw;
     }
     config.keep_alive = true;  // the tests decide when the services end
-    log_files_.open(names_, live_files_, options_.log);
+    log_files_.open(names_, outputs_.live_files(), options_.log);
 
     ManagerOptions manager_options;
     manager_options.output_fd = options_.echo_output ? STDOUT_FILENO : -1;
@@ -339,7 +463,6 @@ class Session {
   void down(bool quiet) {
     if (quiet) quiet_ = true;
     if (!manager_) return;
-    const double graceful = manager_->config().graceful_time;
     auto before = manager_->processes();
     std::vector<ExitRecord> unreported;
     {
@@ -363,14 +486,7 @@ class Session {
     manager_->shutdown();
     // The Manager's own bound: each stop plan, in the order of the graph.
     bool finished = manager_->wait_finished(manager_->shutdown_bound());
-    auto after = manager_->processes();
-    const auto& specs = manager_->config().processes;
-    for (std::size_t i = 0; i < after.size() && i < before.size(); ++i) {
-      if (!before[i].group_alive || !after[i].killed) continue;
-      const double grace = specs[i].graceful_time.value_or(graceful);
-      std::string message = "process '" + after[i].name + "' (pid " + std::to_string(after[i].pid) +
-                            ") did not stop within its graceful time " + format_seconds(grace) + " after " +
-                            signal_name(specs[i].stop_signal) + " and was killed with SIGKILL";
+    for (const auto& message : kill_messages(before, manager_->processes(), manager_->config())) {
       options_.log(message);
       if (options_.fail_on_kill) report(message);
     }
@@ -409,7 +525,7 @@ class Session {
     return api_->url();
   }
 
-  std::string output_file(std::size_t index) const { return output_files_.at(index); }
+  std::string output_file(std::size_t index) const { return outputs_.output_file(index); }
 
   /// A process's graceful time for a stop or restart from a test: its own
   /// `graceful_time`, else the config's restart-graceful-time.
@@ -423,15 +539,6 @@ class Session {
 
  private:
   enum class Phase { down, starting, running, stopping };
-
-  struct ExitRecord {
-    std::size_t index = 0;
-    pid_t pid = 0;
-    ExitStatus status;
-    bool expected = false;  ///< the Manager expected it (a stop, a shutdown, a one-shot step)
-    bool injected = false;  ///< the test signalled this process
-    bool reported = false;
-  };
 
   /// The config of the source, with the ports it uses. Errors are named by
   /// source_name(), the path as the user gave it.
@@ -451,55 +558,16 @@ class Session {
     return load_config_json(read_config_json(path), source_name(), registry, options_.ports, config_directory_of(path));
   }
 
-  /// Decides where each process's output goes: a live file for what the
-  /// Manager forwards, a copy at the end for redirect_output, nothing for
-  /// suppress_output.
+  /// The names of the processes, and where their output goes.
   void prepare_outputs(const Config& config) {
-    names_.clear();
-    live_files_.clear();
-    output_files_.clear();
-    redirects_.clear();
-    copies_.clear();
-    std::string scope_dir;
     std::string root = options_.outputs_dir ? *options_.outputs_dir : getenv_string("TEST_UNDECLARED_OUTPUTS_DIR");
-    if (!root.empty()) {
-      std::string base = root + "/pymanager/" + file_name_for(scope_label());
-      if (!make_directories(root + "/pymanager")) {
-        options_.log(errno_message("cannot create " + root + "/pymanager (process output files are not written)", errno));
-      } else {
-        for (int n = 1; n < 1000 && scope_dir.empty(); ++n) {
-          std::string candidate = n == 1 ? base : base + "-" + std::to_string(n);
-          if (::mkdir(candidate.c_str(), 0755) == 0) scope_dir = candidate;
-          else if (errno != EEXIST) break;
-        }
-      }
-    }
-    const std::string base_directory = config.base_directory.empty() ? current_directory() : config.base_directory;
+    names_.clear();
     has_verifier_.clear();
     for (const auto& spec : config.processes) {
       names_.push_back(spec.name);
       has_verifier_.push_back(!spec.verifiers.empty());
-      std::string file = scope_dir.empty() ? "" : scope_dir + "/" + file_name_for(spec.name) + ".log";
-      if (spec.suppress_output) file.clear();
-      if (spec.redirect_output) {
-        redirects_.push_back(absolute_path(*spec.redirect_output, base_directory));
-        live_files_.emplace_back();
-        output_files_.push_back(redirects_.back());
-      } else {
-        redirects_.emplace_back();
-        live_files_.push_back(file);
-        output_files_.push_back(file);
-      }
-      copies_.push_back(spec.redirect_output ? file : "");
     }
-  }
-
-  std::string scope_label() const {
-    if (global_) return "environment";
-    const auto* unit = ::testing::UnitTest::GetInstance();
-    if (const auto* test = unit->current_test_info()) return std::string(test->test_suite_name()) + "." + test->name();
-    if (const auto* suite = unit->current_test_suite()) return suite->name();
-    return "services";
+    outputs_.prepare(config, root, scope_label(global_), options_.log);
   }
 
   /// Stops and forgets the Manager, the API, the output files and the ports.
@@ -511,12 +579,7 @@ class Session {
     manager_.reset();
     live_manager_.store(nullptr);
     log_files_.close();
-    for (std::size_t i = 0; i < copies_.size(); ++i) {
-      if (!copies_[i].empty() && !redirects_[i].empty()) {
-        if (copy_file(redirects_[i], copies_[i])) output_files_[i] = copies_[i];
-      }
-    }
-    copies_.clear();
+    outputs_.finish();
     ports_.reset();
     std::lock_guard<std::mutex> lock(mutex_);
     phase_ = Phase::down;
@@ -559,19 +622,9 @@ class Session {
   }
 
   std::string describe_exit(const ExitRecord& record, const std::string& when) const {
-    const std::string& name = names_.at(record.index);
-    std::string message = "process '" + name + "' (pid " + std::to_string(record.pid) + ") exited unexpectedly with " +
-                          record.status.describe() + " " + when;
     std::vector<std::string> lines;
     if (Manager* manager = live_manager_.load()) lines = manager->output_tail(record.index, options_.tail_lines);
-    if (lines.empty()) {
-      message += "; it printed nothing";
-    } else {
-      message += "; its last lines:";
-      for (const auto& line : lines) message += "\n  " + line;
-    }
-    if (!output_files_.at(record.index).empty()) message += "\nfull output: " + output_files_[record.index];
-    return message;
+    return unexpected_exit_message(names_.at(record.index), record, when, lines, outputs_.output_file(record.index));
   }
 
   /// A non-fatal test failure, located at the config ("cfg.json: Failure").
@@ -591,10 +644,7 @@ class Session {
   std::shared_ptr<PortAllocator> ports_;
   std::vector<std::string> names_;
   std::vector<bool> has_verifier_;
-  std::vector<std::string> live_files_;    ///< written from the output events, per process ("" none)
-  std::vector<std::string> output_files_;  ///< what output_file() answers
-  std::vector<std::string> redirects_;     ///< redirect_output paths ("" none)
-  std::vector<std::string> copies_;        ///< where a redirect_output file is copied at the end
+  ProcessOutputs outputs_;
   ProcessLogFiles log_files_;
   bool own_log_ = false;  ///< the user gave Options::log
   std::atomic<bool> quiet_{false};

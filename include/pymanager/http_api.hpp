@@ -93,7 +93,7 @@ struct HttpApiOptions {
   std::optional<std::string> token;
   /// Receives the API's messages (the address it serves, warnings).
   std::function<void(const std::string&)> log;
-  /// Bounds on requests, connections and time (see detail/http_server.hpp).
+  /// Bounds on requests, connections and time (see detail/http_message.hpp).
   detail::HttpLimits limits;
 };
 

@@ -6,7 +6,7 @@
 #include <cstdlib>
 #include <string>
 
-#include "pymanager/detail/http_server.hpp"
+#include "pymanager/detail/http_message.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   pymanager::detail::HttpLimits limits;
