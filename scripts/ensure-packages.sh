@@ -5,7 +5,9 @@
 # nothing when everything is installed.
 set -euo pipefail
 
-packages=(bazel-bootstrap nlohmann-json3-dev libcpp-httplib-dev libgtest-dev libgmock-dev g++)
+# python3-jsonschema: tests/schema_test checks the config schema with a validator
+# that is not ours.
+packages=(bazel-bootstrap nlohmann-json3-dev libcpp-httplib-dev libgtest-dev libgmock-dev g++ python3-jsonschema)
 # Callers that need more (the fuzzers: clang) name them here.
 read -r -a extra <<< "${PYMANAGER_EXTRA_PACKAGES:-}"
 packages+=("${extra[@]}")

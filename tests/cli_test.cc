@@ -24,6 +24,7 @@
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
+#include "pymanager/config_schema.hpp"
 #include "tests/json_util.hpp"
 #include "tests/test_util.hpp"
 
@@ -872,6 +873,115 @@ TEST_F(Cli, AKilledKeeperIsReportedAndEndsTheRunWithExitCode6) {
   for (pid_t p : pids_in("pids.txt")) {
     EXPECT_TRUE(wait_until([&] { return !testutil::pid_alive(p); }, 5000ms)) << "pid " << p << " survived";
   }
+}
+
+// ------------------------------------------------------------ check, schema
+
+TEST_F(Cli, CheckValidatesWithoutLaunchingAndShowsWhatWouldRunInOrder) {
+  write_config(R"("migrate": {"executable": "sh", "arguments": ["-c", "echo ran > ran.txt"],
+                   "verifier": {"type": "pymutils.exited_verifier.ExitedVerifier"}},
+                  "web": {"executable": "sleep", "arguments": ["1000", "two words"],
+                          "options": {"working_directory": "."}})");
+  auto result = run({"check", "-f", "cfg.json"});
+  EXPECT_EQ(result.exit_code, 0) << result.err;
+  EXPECT_EQ(result.err, "");
+  EXPECT_THAT(result.out, HasSubstr("cfg.json: valid, 2 processes\n"
+                                    "start: in file order, each once the previous one's verifier passed\n"
+                                    "processes:\n"
+                                    "  1. migrate\n"
+                                    "     command: sh -c 'echo ran > ran.txt'\n"));
+  EXPECT_THAT(result.out, ::testing::ContainsRegex("     program: (/usr)?/bin/sh\n"
+                                                   "     verifier: pymutils.exited_verifier.ExitedVerifier\n"
+                                                   "  2. web\n"
+                                                   "     command: sleep 1000 'two words'\n"
+                                                   "     program: (/usr)?/bin/sleep\n"
+                                                   "     working directory: [^\n]*/\\.\n"
+                                                   "     ready once spawned \\(no verifier\\)\n"));
+  EXPECT_NE(::access((dir_ + "/ran.txt").c_str(), F_OK), 0) << "check launched a process";
+}
+
+TEST_F(Cli, CheckShowsTheGraphsWavesAndThePortsInTheCommands) {
+  testutil::write_file(dir_ + "/cfg.json", R"({"$schema": "https://pymanager.invalid/config.schema.json",
+    "modules": {"pymanager.verifiers": {"verifiers": ["TcpVerifier"]}}, "processes": {
+    "web": {"executable": "sleep", "arguments": ["--port=${port:web}"], "depends_on": ["api", "worker"]},
+    "api": {"executable": "sleep", "arguments": ["1"], "depends_on": ["db"]},
+    "worker": {"executable": "sleep", "arguments": ["1"], "depends_on": {"db": "started"}},
+    "db": {"executable": "sleep", "arguments": ["${port:db}"], "depends_on": [],
+           "verifier": {"type": "pymanager.verifiers.TcpVerifier", "arguments": {"port": "${port:db}"}}}}})");
+  auto result = run({"check", "-f", "cfg.json"});
+  EXPECT_EQ(result.exit_code, 0) << result.err;
+  std::smatch ports;
+  ASSERT_TRUE(std::regex_search(result.out, ports, std::regex("ports: db=([0-9]+) web=([0-9]+) \\(reserved for this check only")))
+      << result.out;
+  EXPECT_THAT(result.out, HasSubstr("start: a dependency graph in 3 waves"));
+  EXPECT_THAT(result.out, HasSubstr("  wave 1: db\n"
+                                    "  wave 2: api (after db), worker (after db started)\n"
+                                    "  wave 3: web (after api, worker)\n"));
+  EXPECT_THAT(result.out, HasSubstr("command: sleep --port=" + ports[2].str() + "\n"));
+  EXPECT_THAT(result.out, HasSubstr("command: sleep " + ports[1].str() + "\n"));
+  EXPECT_THAT(result.out, HasSubstr("verifier: pymanager.verifiers.TcpVerifier {\"port\":\"" + ports[1].str() + "\"}"));
+}
+
+TEST_F(Cli, CheckRefusesWhatAStartRefusesWithTheSameMessageAndExitCode) {
+  struct Bad {
+    const char* name;
+    std::string text;  ///< the file, or "" for no file at all
+    int code;
+  };
+  const std::string good_plugin = testutil::runfile("tests/plugins/libgood_plugin.so");
+  const std::string abi2_plugin = testutil::runfile("tests/plugins/libabi2_plugin.so");
+  const std::vector<Bad> cases = {
+      {"missing", "", 1},
+      {"not_json", "{\"processes\": ", 3},
+      {"no_processes", "{\"processes\": {}}", 4},
+      {"unknown_key", R"({"processes": {"a": {"executable": "sleep", "arguments": [], "optoins": {}}}})", 5},
+      {"cycle", R"({"processes": {"a": {"executable": "sleep", "arguments": [], "depends_on": ["b"]},
+                                  "b": {"executable": "sleep", "arguments": [], "depends_on": ["a"]}}})", 5},
+      {"verifier_argument", R"({"modules": {"pymanager.verifiers": {"verifiers": ["TcpVerifier"]}}, "processes": {"a":
+          {"executable": "sleep", "arguments": [], "verifier": {"type": "pymanager.verifiers.TcpVerifier", "arguments": {"port": 70000}}}}})", 5},
+      {"plugin_abi", R"({"modules": {"mytests.files": {"library": ")" + abi2_plugin + R"(", "verifiers": ["MarkerFileVerifier"]}},
+          "processes": {"a": {"executable": "sleep", "arguments": []}}})", 5},
+      {"plugin_class", R"({"modules": {"mytests.files": {"library": ")" + good_plugin + R"(", "verifiers": ["NoSuchVerifier"]}},
+          "processes": {"a": {"executable": "sleep", "arguments": []}}})", 5},
+  };
+  for (const auto& c : cases) {
+    const std::string file = std::string(c.name) + ".json";
+    if (!c.text.empty()) testutil::write_file(dir_ + "/" + file, c.text);
+    auto checked = run({"check", "-f", file});
+    auto started = run({"-f", file}, 20000ms);
+    EXPECT_EQ(checked.exit_code, c.code) << c.name << ": " << checked.err;
+    EXPECT_EQ(started.exit_code, c.code) << c.name << ": " << started.err;
+    EXPECT_EQ(checked.err, started.err) << c.name;
+    EXPECT_THAT(checked.err, ::testing::StartsWith("pymanager: ")) << c.name;
+    EXPECT_EQ(checked.out, "") << c.name;
+  }
+}
+
+TEST_F(Cli, CheckWarnsOfALaunchThatWouldFailAndStrictMakesItAnError) {
+  write_config(R"("a": {"executable": "./not-built-yet", "arguments": []},
+                  "b": {"executable": "sleep", "arguments": [], "options": {"working_directory": "no-such-folder"}})");
+  auto result = run({"check", "-f", "cfg.json"});
+  EXPECT_EQ(result.exit_code, 0) << result.err;
+  EXPECT_THAT(result.err, HasSubstr("pymanager: warning: cannot start process 'a' (./not-built-yet): No such file or directory"));
+  EXPECT_THAT(result.err, ::testing::ContainsRegex("pymanager: warning: cannot start process 'b': working_directory [^\n]*/no-such-folder: No such file or directory"));
+  EXPECT_THAT(result.out, HasSubstr("command: ./not-built-yet  (cannot start now: see above)"));
+  auto strict = run({"check", "--strict", "-f", "cfg.json"});
+  EXPECT_EQ(strict.exit_code, 5);
+  EXPECT_THAT(strict.err, HasSubstr("pymanager: cannot start process 'a' (./not-built-yet): No such file or directory\n"));
+  // The same words a start prints when it gets there.
+  auto started = run({"-f", "cfg.json"});
+  EXPECT_EQ(started.exit_code, 5);
+  EXPECT_THAT(started.err, HasSubstr("cannot start process 'a' (./not-built-yet): No such file or directory"));
+}
+
+TEST_F(Cli, SchemaPrintsTheConfigSchema) {
+  auto result = run({"schema"});
+  EXPECT_EQ(result.exit_code, 0) << result.err;
+  auto schema = nlohmann::ordered_json::parse(result.out, nullptr, false);
+  ASSERT_FALSE(schema.is_discarded()) << result.out.substr(0, 200);
+  EXPECT_EQ(schema, pymanager::config_schema());
+  EXPECT_EQ(schema["$schema"], "https://json-schema.org/draft/2020-12/schema");
+  EXPECT_EQ(run({"schema", "extra"}).exit_code, 2);
 }
 
 }  // namespace

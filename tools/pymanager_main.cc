@@ -23,6 +23,7 @@
 #include <thread>
 
 #include "pymanager/pymanager.hpp"
+#include "tools/check.hpp"
 #include "tools/ctl.hpp"
 #include "tools/posix_io.hpp"
 
@@ -35,6 +36,8 @@ constexpr int kKeeperLost = 6;
 const char kUsage[] =
     "usage: pymanager [-h] [-f FILE] [-d] [-v] [-w] [-l LOGFILE] [-V]\n"
     "       pymanager ctl [--url URL] [-f FILE] [--json] COMMAND [ID] [-n N]   (pymanager ctl --help)\n"
+    "       pymanager check [-f FILE] [--strict]   validate a config, print what would run\n"
+    "       pymanager schema                       print the config's JSON Schema\n"
     "\n"
     "Launches the processes described in a JSON config, in order, waits until\n"
     "each one is verified, and shuts them all down on SIGINT/SIGTERM/SIGQUIT/SIGHUP.\n"
@@ -282,6 +285,12 @@ int main(int argc, char** argv) {
   }
   if (argc > 1 && std::string(argv[1]) == "ctl") {
     return pymanager_tool::run_ctl(std::vector<std::string>(argv + 2, argv + argc));
+  }
+  if (argc > 1 && std::string(argv[1]) == "check") {
+    return pymanager_tool::run_check(std::vector<std::string>(argv + 2, argv + argc));
+  }
+  if (argc > 1 && std::string(argv[1]) == "schema") {
+    return pymanager_tool::run_schema(std::vector<std::string>(argv + 2, argv + argc));
   }
   Options options = parse_arguments(argc, argv);
   Logger logger(options.logfile);

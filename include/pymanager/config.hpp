@@ -611,6 +611,8 @@ inline Config parse_config(const nlohmann::ordered_json& json, const VerifierReg
   detail::ObjectReader<OJson> root(json, "");
   Config config;
 
+  // For editors (config_schema.hpp): accepted, and ignored.
+  root.string("$schema");
   // Read in dependency order: modules and default_shell before processes.
   if (const OJson* modules = root.member("modules")) detail::parse_modules(*modules, "modules", config, config_directory);
   if (auto shell = root.string("default_shell")) {

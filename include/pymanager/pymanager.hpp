@@ -13,6 +13,7 @@
 #include "pymanager/detail/cxx17.hpp"  // first: a pre-C++17 build stops with one clear error
 
 #include "pymanager/config.hpp"
+#include "pymanager/config_schema.hpp"
 #include "pymanager/error.hpp"
 #include "pymanager/frontend.hpp"
 #include "pymanager/http_api.hpp"

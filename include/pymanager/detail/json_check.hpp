@@ -145,6 +145,15 @@ inline void check_no_nul(const std::string& text, const std::string& path) {
 /// Reads the members of one JSON object by name and type; `finish()` rejects
 /// every member that was not read, with a suggestion for a near miss.
 /// Works with nlohmann::json and nlohmann::ordered_json.
+/// When set, every key an ObjectReader is asked for (present or not) is
+/// added as (the object's JSON path, the key): what the parser knows, for
+/// the test that keeps it and the schema (config_schema.hpp) in agreement.
+/// One per thread; null (the default) records nothing.
+inline std::vector<std::pair<std::string, std::string>>*& key_log() {
+  static thread_local std::vector<std::pair<std::string, std::string>>* log = nullptr;
+  return log;
+}
+
 template <class Json>
 class ObjectReader {
  public:
@@ -161,6 +170,7 @@ class ObjectReader {
   /// Marks `key` as known (also when absent) and returns the member, if present.
   const Json* member(const std::string& key) {
     known_.push_back(key);
+    if (auto* log = key_log()) log->emplace_back(path_, key);
     auto it = object_.find(key);
     return it == object_.end() ? nullptr : &*it;
   }
