@@ -318,7 +318,7 @@ inline bool valid_port_name(const std::string& name) {
 /// destruction. Thread-safe.
 class PortAllocator {
  public:
-  explicit PortAllocator(PortOptions options = {}) : options_(std::move(options)) {}
+  explicit PortAllocator(const PortOptions& options = {}) : options_(options) {}
   PortAllocator(const PortAllocator&) = delete;
   PortAllocator& operator=(const PortAllocator&) = delete;
 
