@@ -26,17 +26,17 @@ using ::testing::HasSubstr;
 using ::testing::StartsWith;
 using testutil::ScopedEnv;
 
-/// One port, free now and outside the ephemeral range, with a lock folder of
-/// its own: whoever holds it, nobody else using these options can get a port.
+/// One port, free now (neither bound nor reserved by another pymanager) and
+/// outside the ephemeral range: whoever holds it, nobody else using these
+/// options can get a port.
 pymanager::PortOptions one_port() {
   pymanager::PortOptions options;
-  options.lock_directory = testutil::make_temp_dir();
   const int ephemeral_low = pymanager::detail::ephemeral_port_range().first;
   std::mt19937 random(std::random_device{}());
   std::uniform_int_distribution<int> pick(10000, std::max(10001, ephemeral_low - 1));
   for (int attempt = 0; attempt < 100; ++attempt) {
     int port = pick(random);
-    if (!pymanager::detail::tcp_port_is_free(port)) continue;
+    if (!pymanager::detail::tcp_port_is_free(port) || !pymanager::PortReservation::try_reserve(port)) continue;
     options.low = options.high = port;
     return options;
   }

@@ -1,15 +1,22 @@
 // Named free ports (pymanager/ports.hpp): `${port:NAME}` expansion, the
 // environment variables, and the reservation's guarantees: outside the
-// ephemeral range, free when handed out, never handed out twice while held,
-// given back when the holder dies.
+// ephemeral range, free when handed out, never handed out twice while held
+// (by allocators of one process or of two), given back at once when the
+// holder dies, kept by a child forked without exec, private to a network
+// namespace.
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sched.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cstddef>
+#include <fstream>
 #include <random>
 #include <set>
 #include <string>
@@ -48,17 +55,42 @@ class Listener {
   bool ok_ = false;
 };
 
-/// `count` consecutive ports, all free now and outside the ephemeral range,
-/// for tests that need a tiny range of their own. Uses a private lock folder
-/// with them, so that other tests' reservations cannot interfere.
+/// An abstract unix socket bound by hand, the way another pymanager holds a
+/// port's name: "pymanager-port-<P>", SOCK_STREAM. Written out here rather
+/// than through the library, so that the name itself is what is tested.
+class HeldName {
+ public:
+  explicit HeldName(int port) {
+    fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    const std::string name = "pymanager-port-" + std::to_string(port);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    name.copy(addr.sun_path + 1, name.size());  // sun_path[0] == '\0': abstract
+    ok_ = ::bind(fd_, reinterpret_cast<sockaddr*>(&addr),
+                 static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size())) == 0;
+  }
+  ~HeldName() { ::close(fd_); }
+  bool ok() const { return ok_; }
+
+ private:
+  int fd_ = -1;
+  bool ok_ = false;
+};
+
+/// `count` consecutive ports, all free now (neither bound nor reserved by
+/// another pymanager) and outside the ephemeral range, for tests that need a
+/// tiny range of their own.
 struct SmallRange {
   pymanager::PortOptions options;
   int low = 0;
 };
 
+bool free_and_unreserved(int port) {
+  return pymanager::detail::tcp_port_is_free(port) && pymanager::PortReservation::try_reserve(port).has_value();
+}
+
 SmallRange small_range(int count) {
   SmallRange range;
-  range.options.lock_directory = testutil::make_temp_dir();
   auto [eph_low, eph_high] = pymanager::detail::ephemeral_port_range();
   (void)eph_high;
   std::mt19937 random(std::random_device{}());
@@ -66,7 +98,7 @@ SmallRange small_range(int count) {
   for (int attempt = 0; attempt < 100; ++attempt) {
     int low = pick(random);
     bool all_free = true;
-    for (int p = low; p < low + count; ++p) all_free = all_free && pymanager::detail::tcp_port_is_free(p);
+    for (int p = low; p < low + count; ++p) all_free = all_free && free_and_unreserved(p);
     if (!all_free) continue;
     range.low = low;
     range.options.low = low;
@@ -189,7 +221,7 @@ TEST(ReservePort, APortSomeoneListensOnIsNotHandedOut) {
   }
 }
 
-TEST(ReservePort, TheLockIsGivenBackWhenItsHolderDies) {
+TEST(ReservePort, AReservationIsGivenBackAtOnceWhenItsHolderIsKilled) {
   SmallRange range = small_range(1);
   int ready[2];
   ASSERT_EQ(::pipe(ready), 0);
@@ -234,52 +266,235 @@ TEST(ReservePort, ManyThreadsAtOnceGetDistinctPorts) {
   EXPECT_EQ(seen.size(), static_cast<std::size_t>(kThreads * kEach));
 }
 
-TEST(ReservePort, APlantedLinkSkipsItsPortInsteadOfFailingTheReservation) {
-  // A dangling link for the first port of a two-port range: every
-  // reservation gets the second one (it used to fail half of the time).
-  SmallRange range = small_range(2);
-  const std::string link = range.options.lock_directory + "/" + std::to_string(range.low) + ".lock";
-  ASSERT_EQ(::symlink("/nonexistent/target", link.c_str()), 0);
-  for (int i = 0; i < 10; ++i) {
-    auto reservation = pymanager::reserve_port(range.options);
-    EXPECT_EQ(reservation.port(), range.low + 1);
+/// Every int written to `fd` until its end.
+std::vector<int> read_ints(int fd) {
+  std::vector<int> out;
+  int value = 0;
+  while (::read(fd, &value, sizeof value) == static_cast<ssize_t>(sizeof value)) out.push_back(value);
+  return out;
+}
+
+/// Reserves ports with `allocator` until the range is exhausted, or at most
+/// `limit` (a broken reservation would never exhaust it).
+std::vector<int> reserve_all(pymanager::PortAllocator& allocator, int limit) {
+  std::vector<int> out;
+  for (int i = 0; i < limit; ++i) {
+    try {
+      out.push_back(allocator.port("p" + std::to_string(i)));
+    } catch (const pymanager::Error&) {
+      return out;
+    }
   }
-  struct stat st {};
-  EXPECT_EQ(::lstat(link.c_str(), &st), 0);
-  EXPECT_TRUE(S_ISLNK(st.st_mode)) << "the planted link was replaced or followed";
-  EXPECT_NE(::access("/nonexistent/target", F_OK), 0);
-  // With only the planted port left, the error says why.
-  SmallRange one = small_range(1);
-  ASSERT_EQ(::symlink("/nonexistent/target", (one.options.lock_directory + "/" + std::to_string(one.low) + ".lock").c_str()), 0);
-  try {
-    pymanager::reserve_port(one.options);
-    FAIL() << "a port whose lock is a planted link was handed out";
-  } catch (const pymanager::Error& e) {
-    EXPECT_THAT(e.what(), HasSubstr("1 lock files could not be taken, e.g. " + one.options.lock_directory + "/" +
-                                    std::to_string(one.low) + ".lock: Too many levels of symbolic links"));
+  return out;
+}
+
+TEST(ReservePort, TwoAllocatorsOfOneProcessShareARangeOfTwentyWithoutOverlap) {
+  SmallRange range = small_range(20);
+  pymanager::PortAllocator a(range.options), b(range.options);
+  std::vector<int> mine, theirs;
+  // Interleaved, so that each walks into the ports the other holds.
+  for (int i = 0; i < 10; ++i) {
+    mine.push_back(a.port("p" + std::to_string(i)));
+    theirs.push_back(b.port("p" + std::to_string(i)));
+  }
+  std::set<int> all(mine.begin(), mine.end());
+  all.insert(theirs.begin(), theirs.end());
+  EXPECT_EQ(all.size(), 20u) << "each port of the range once";
+  EXPECT_EQ(*all.begin(), range.low);
+  EXPECT_EQ(*all.rbegin(), range.low + 19);
+  EXPECT_THROW(a.port("one more"), pymanager::Error);
+}
+
+TEST(ReservePort, TwoProcessesReservingAtOnceNeverGetTheSamePort) {
+  SmallRange range = small_range(20);
+  // The range from the environment, as a whole test suite would set it; the
+  // child inherits it.
+  testutil::ScopedEnv env("PYMANAGER_PORT_RANGE", std::to_string(range.low) + "-" + std::to_string(range.low + 19));
+  int go[2], report[2], hold[2];
+  ASSERT_EQ(::pipe(go), 0);
+  ASSERT_EQ(::pipe(report), 0);
+  ASSERT_EQ(::pipe(hold), 0);
+  pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::close(go[1]);
+    ::close(report[0]);
+    ::close(hold[1]);
+    char byte;
+    if (::read(go[0], &byte, 1) != 1) ::_exit(2);
+    pymanager::PortAllocator allocator;
+    for (int port : reserve_all(allocator, 40)) {
+      if (::write(report[1], &port, sizeof port) != static_cast<ssize_t>(sizeof port)) ::_exit(3);
+    }
+    ::close(report[1]);
+    // Holds its ports until the parent has compared them.
+    while (::read(hold[0], &byte, 1) > 0) {
+    }
+    ::_exit(0);
+  }
+  ::close(go[0]);
+  ::close(report[1]);
+  ::close(hold[0]);
+  pymanager::PortAllocator allocator;
+  ASSERT_EQ(::write(go[1], "g", 1), 1);  // both start now
+  std::vector<int> mine = reserve_all(allocator, 40);
+  std::vector<int> theirs = read_ints(report[0]);
+  ::close(report[0]);
+  std::set<int> all(mine.begin(), mine.end());
+  for (int port : theirs) EXPECT_TRUE(all.insert(port).second) << port << " handed out to both processes";
+  EXPECT_EQ(all.size(), 20u) << "the two processes together got the whole range (" << mine.size() << " and "
+                             << theirs.size() << ")";
+  ::close(hold[1]);
+  ::close(go[1]);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+}
+
+TEST(ReservePort, APortWhoseNameSomeoneElseHoldsIsSkipped) {
+  SmallRange range = small_range(2);
+  HeldName held(range.low);
+  ASSERT_TRUE(held.ok());
+  for (int i = 0; i < 5; ++i) {
+    pymanager::PortAllocator ports(range.options);
+    EXPECT_EQ(ports.port("web"), range.low + 1);
   }
 }
 
-TEST(ReservePort, ALockFolderThatIsALinkOrNotOursIsNamedClearly) {
-  std::string dir = testutil::make_temp_dir();
-  ASSERT_EQ(::symlink(dir.c_str(), (dir + "-link").c_str()), 0);
-  pymanager::PortOptions options;
-  options.lock_directory = dir + "-link";
-  try {
-    pymanager::reserve_port(options);
-    FAIL() << "a linked lock folder was used";
-  } catch (const pymanager::Error& e) {
-    EXPECT_THAT(e.what(), HasSubstr("port lock folder " + dir + "-link: is a symbolic link"));
+TEST(ReservePort, AnExhaustedRangeIsNamedInTheError) {
+  SmallRange range = small_range(1);
+  const std::string name = std::to_string(range.low) + "-" + std::to_string(range.low);
+  {
+    HeldName held(range.low);
+    ASSERT_TRUE(held.ok());
+    try {
+      pymanager::reserve_port(range.options);
+      FAIL() << "a port whose name is held was handed out";
+    } catch (const pymanager::Error& e) {
+      EXPECT_EQ(e.kind(), pymanager::ErrorKind::system);
+      EXPECT_EQ(std::string(e.what()), "no free port in " + name +
+                                           " after 1 attempts: 1 reserved by other pymanagers (or this one) in this "
+                                           "network namespace, 0 bound by other programs");
+    }
   }
-  if (::geteuid() == 0) GTEST_SKIP() << "root can write any folder: the ownership message is not reachable";
-  ASSERT_EQ(::chmod(dir.c_str(), 0555), 0);
-  options.lock_directory = dir;
+  Listener busy(range.low);
+  ASSERT_TRUE(busy.ok());
   try {
-    pymanager::reserve_port(options);
-    FAIL() << "a folder without write permission was used";
+    pymanager::reserve_port(range.options);
+    FAIL() << "a bound port was handed out";
   } catch (const pymanager::Error& e) {
-    EXPECT_THAT(e.what(), HasSubstr("and you cannot create locks in it: set PYMANAGER_PORT_DIR"));
+    EXPECT_THAT(e.what(), HasSubstr("no free port in " + name + " after 1 attempts: 0 reserved"));
+    EXPECT_THAT(e.what(), HasSubstr("1 bound by other programs"));
   }
+}
+
+TEST(ReservePort, TheReservationIsAnAbstractSocketNamedAfterThePort) {
+  SmallRange range = small_range(1);
+  auto reservation = pymanager::reserve_port(range.options);
+  ASSERT_EQ(reservation.port(), range.low);
+  const std::string name = "@pymanager-port-" + std::to_string(range.low);
+  EXPECT_EQ(reservation.name(), name);
+  // What `ss -x` reads: the kernel's list of unix sockets, abstract names
+  // with a leading '@'.
+  auto listed = [&] {
+    std::ifstream in("/proc/net/unix");
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.size() >= name.size() && line.compare(line.size() - name.size(), name.size(), name) == 0) return true;
+    }
+    return false;
+  };
+  EXPECT_TRUE(listed());
+  EXPECT_FALSE(HeldName(range.low).ok()) << "the name is bound";
+  reservation.release();
+  EXPECT_FALSE(listed()) << "released: the name is gone at once";
+  EXPECT_TRUE(HeldName(range.low).ok());
+  EXPECT_EQ(reservation.name(), "");
+}
+
+TEST(ReservePort, AChildForkedWithoutExecKeepsTheReservationUntilItExits) {
+  // The binary's daemon mode: the parent reserves, forks and exits; the
+  // daemon must still hold the ports.
+  SmallRange range = small_range(1);
+  auto reservation = pymanager::reserve_port(range.options);
+  int hold[2];
+  ASSERT_EQ(::pipe(hold), 0);
+  pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::close(hold[1]);
+    char byte;
+    while (::read(hold[0], &byte, 1) > 0) {
+    }
+    ::_exit(0);
+  }
+  ::close(hold[0]);
+  reservation.release();  // the parent lets go; the child still has the socket
+  EXPECT_THROW(pymanager::reserve_port(range.options), pymanager::Error) << "the forked child holds it";
+  ::close(hold[1]);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  EXPECT_EQ(pymanager::reserve_port(range.options).port(), range.low) << "given back when the child exited";
+}
+
+TEST(ReservePort, AnExecdChildHoldsNothing) {
+  SmallRange range = small_range(1);
+  auto reservation = pymanager::reserve_port(range.options);
+  int input[2], exec_done[2];
+  ASSERT_EQ(::pipe(input), 0);
+  ASSERT_EQ(::pipe2(exec_done, O_CLOEXEC), 0);
+  pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::dup2(input[0], STDIN_FILENO);
+    ::close(input[0]);
+    ::close(input[1]);
+    ::close(exec_done[0]);
+    ::execl("/bin/cat", "cat", static_cast<char*>(nullptr));  // waits for the end of its input
+    ::_exit(127);
+  }
+  ::close(input[0]);
+  ::close(exec_done[1]);
+  char byte;
+  ASSERT_EQ(::read(exec_done[0], &byte, 1), 0) << "the exec happened (the close-on-exec pipe closed)";
+  ::close(exec_done[0]);
+  reservation.release();
+  EXPECT_EQ(pymanager::reserve_port(range.options).port(), range.low) << "cat, still running, holds nothing";
+  ::close(input[1]);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+}
+
+TEST(ReservePort, APrivateNetworkNamespaceSharesNothing) {
+  SmallRange range = small_range(1);
+  auto reservation = pymanager::reserve_port(range.options);
+  int report[2];
+  ASSERT_EQ(::pipe(report), 0);
+  pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::close(report[0]);
+    char verdict = 's';
+    if (::unshare(CLONE_NEWUSER | CLONE_NEWNET) == 0) {
+      try {
+        verdict = pymanager::reserve_port(range.options).port() == range.low ? 'y' : 'n';
+      } catch (const pymanager::Error&) {
+        verdict = 'n';
+      }
+    }
+    ssize_t ignored = ::write(report[1], &verdict, 1);
+    (void)ignored;
+    ::_exit(0);
+  }
+  ::close(report[1]);
+  char verdict = 0;
+  ASSERT_EQ(::read(report[0], &verdict, 1), 1);
+  ::close(report[0]);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  if (verdict == 's') GTEST_SKIP() << "no user and network namespaces here (unshare refused)";
+  EXPECT_EQ(verdict, 'y') << "in its own network namespace, the port held outside is free";
 }
 
 TEST(ReservePort, RangesFromTheEnvironmentAreChecked) {

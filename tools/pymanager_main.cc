@@ -296,7 +296,8 @@ int main(int argc, char** argv) {
   Logger logger(options.logfile);
 
   // `${port:NAME}` placeholders get free ports, held by loaded.ports until
-  // pymanager exits (the daemon keeps them after the fork: the locks are shared).
+  // pymanager exits (the daemon keeps them after the fork: it inherits the
+  // reservations' abstract sockets, which stay bound while any copy is open).
   pymanager::LoadedConfig loaded;
   try {
     loaded = pymanager::load_config(options.file, pymanager::builtin_verifiers());

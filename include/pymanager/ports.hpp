@@ -8,32 +8,48 @@
 //   pymanager::ManagerOptions options;
 //   options.extra_environment = ports.environment();   // PYMANAGER_PORT_WEB=20417
 //
-// What a reservation guarantees (TCP, this machine):
-// - no two PortAllocators that use the same lock folder hand out the same
-//   port while the first one holds it (a lock file per port, flock);
+// How a port P is reserved: by binding an abstract unix socket (SOCK_STREAM,
+// never listening) named "pymanager-port-P" (`ss -xlp | grep pymanager-port`
+// shows who holds which). Abstract names live in the network namespace, as
+// the port itself does, and not in any file system.
+//
+// What a reservation guarantees (TCP, one network namespace):
+// - no two pymanagers in the same network namespace, whichever user runs
+//   them, hand out the same port while its holder lives: the name of P is
+//   bound by one socket at a time, and an abstract name is shared by every
+//   user of the namespace, on purpose (so is the port);
+// - it is released when the holder exits, however it exits (SIGKILL
+//   included): the kernel unbinds the name with the last descriptor of the
+//   socket. No file is left behind, nothing needs cleaning, and a private
+//   /tmp (Bazel 7's default for tests) changes nothing;
+// - a process forked without exec (the binary's daemon mode) inherits the
+//   descriptor and keeps the reservation after its parent exits; the
+//   descriptor is close-on-exec, so an exec'd child holds nothing;
 // - the port is outside the kernel's ephemeral range
 //   (/proc/sys/net/ipv4/ip_local_port_range), so no outgoing connection and
 //   no bind to port 0 by anyone can take it;
 // - nothing was bound to it (0.0.0.0 or [::], without SO_REUSEADDR) when it
-//   was reserved.
+//   was reserved (checked after the name was taken).
+// In a private network namespace (a sandboxed test with no network, `unshare
+// -n`) nothing is shared with the rest of the machine: neither the ports nor
+// their names, and no coordination is needed.
 // What it does not guarantee: a program that binds a fixed port without
 // asking pymanager can still take it between the reservation and the bind by
-// the service. The lock is released when the holder exits, however it exits.
+// the service. A child forked without exec holds the names of its parent's
+// reservations until it execs or exits, even after the parent released them.
 #ifndef PYMANAGER_PORTS_HPP
 #define PYMANAGER_PORTS_HPP
 
 #include "pymanager/detail/cxx17.hpp"  // first: a pre-C++17 build stops with one clear error
 
 #include <arpa/inet.h>
-#include <fcntl.h>
 #include <netinet/in.h>
-#include <sys/file.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstdio>
+#include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <fstream>
@@ -53,14 +69,11 @@
 namespace pymanager {
 inline namespace v1 {
 
-/// Where ports come from and where their locks live. Every field has a
-/// default that the environment can override, so that a whole test suite is
-/// configured without code.
+/// Where ports come from. Every field has a default that the environment can
+/// override, so that a whole test suite is configured without code. (There is
+/// no lock folder any more: PYMANAGER_PORT_DIR and PortOptions::lock_directory
+/// are gone; see the top of this file.)
 struct PortOptions {
-  /// The folder of the lock files (`<port>.lock`). Every pymanager that must
-  /// never share a port with this one uses the same folder. Empty: the
-  /// environment variable PYMANAGER_PORT_DIR, else /tmp/pymanager-ports.
-  std::string lock_directory;
   /// The ports to choose from, inclusive. 0: the environment variable
   /// PYMANAGER_PORT_RANGE ("LOW-HIGH", used as given), else 10000-65535
   /// without the kernel's ephemeral range.
@@ -128,42 +141,31 @@ inline std::vector<std::pair<int, int>> candidate_port_intervals(const PortOptio
   return out;
 }
 
-inline std::string port_lock_directory(const PortOptions& options) {
-  if (!options.lock_directory.empty()) return options.lock_directory;
-  if (const char* env = std::getenv("PYMANAGER_PORT_DIR"); env != nullptr && *env != '\0') return env;
-  return "/tmp/pymanager-ports";
-}
+/// The abstract unix socket name that stands for `port` (without the leading
+/// '\0' of sun_path). Every pymanager must use this name and SOCK_STREAM: the
+/// socket type is part of an abstract name's identity.
+inline std::string port_reservation_name(int port) { return "pymanager-port-" + std::to_string(port); }
 
-/// Creates the shared lock folder if needed: world-writable and sticky (as
-/// /tmp), so that every user's tests share it and none can delete another's
-/// locks. A symbolic link is refused.
-inline void ensure_lock_directory(const std::string& dir) {
-  if (::mkdir(dir.c_str(), 0777) == 0) {
-    // mkdir's mode passed through the umask; the folder is shared on purpose.
-    ::chmod(dir.c_str(), 01777);
-    return;
+/// Binds `name` as an abstract unix socket; an empty descriptor with errno
+/// set when it cannot (EADDRINUSE: someone holds it).
+inline UniqueFd bind_abstract_name(const std::string& name) {
+  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd) return fd;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (name.size() + 1 > sizeof addr.sun_path) {
+    errno = ENAMETOOLONG;
+    return UniqueFd();
   }
-  int err = errno;
-  struct stat st {};
-  if (err != EEXIST) throw_system_error("port lock folder " + dir, err);
-  if (::lstat(dir.c_str(), &st) != 0) throw_system_error("port lock folder " + dir);
-  if (S_ISLNK(st.st_mode)) throw Error(ErrorKind::system, "port lock folder " + dir + ": is a symbolic link, not a folder");
-  if (!S_ISDIR(st.st_mode)) throw Error(ErrorKind::system, "port lock folder " + dir + ": exists and is not a folder");
-  char mode[8];
-  std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
-  if (::access(dir.c_str(), W_OK | X_OK) != 0) {
-    throw Error(ErrorKind::system, "port lock folder " + dir + " belongs to uid " + std::to_string(st.st_uid) +
-                                       " (mode " + mode + ") and you cannot create locks in it: " +
-                                       "set PYMANAGER_PORT_DIR to a folder of yours");
+  // sun_path[0] == '\0': abstract; the name is the bytes after it, no terminator.
+  name.copy(addr.sun_path + 1, name.size());
+  const auto length = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
+  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), length) != 0) {
+    int err = errno;
+    fd.reset();
+    errno = err;
   }
-  // Shared with other users, it must be sticky (as /tmp), or anyone could
-  // remove the locks we hold and hand our ports out twice.
-  const bool ours = st.st_uid == ::geteuid() || st.st_uid == 0;
-  if (!ours && (st.st_mode & (S_IWGRP | S_IWOTH)) != 0 && (st.st_mode & S_ISVTX) == 0) {
-    throw Error(ErrorKind::system, "port lock folder " + dir + " belongs to uid " + std::to_string(st.st_uid) +
-                                       " and is writable by others without the sticky bit (mode " + mode +
-                                       "): its locks cannot be trusted; set PYMANAGER_PORT_DIR to a folder of yours");
-  }
+  return fd;
 }
 
 /// True when nothing is bound to `port` on any IPv4 or IPv6 address: a bind
@@ -194,20 +196,20 @@ inline bool tcp_port_is_free(int port) {
 
 }  // namespace detail
 
-/// One reserved port: its lock is held until release() or destruction.
+/// One reserved port: the abstract socket named after it stays bound until
+/// release() or destruction (or the exit of the process, and of every child
+/// forked without exec that inherited it).
 class PortReservation {
  public:
   PortReservation() = default;
-  PortReservation(int port, detail::UniqueFd lock, std::string lock_path)
-      : port_(port), lock_(std::move(lock)), lock_path_(std::move(lock_path)) {}
+  PortReservation(int port, detail::UniqueFd socket) : port_(port), socket_(std::move(socket)) {}
   PortReservation(PortReservation&& other) noexcept
-      : port_(std::exchange(other.port_, 0)), lock_(std::move(other.lock_)), lock_path_(std::move(other.lock_path_)) {}
+      : port_(std::exchange(other.port_, 0)), socket_(std::move(other.socket_)) {}
   PortReservation& operator=(PortReservation&& other) noexcept {
     if (this != &other) {
       release();
       port_ = std::exchange(other.port_, 0);
-      lock_ = std::move(other.lock_);
-      lock_path_ = std::move(other.lock_path_);
+      socket_ = std::move(other.socket_);
     }
     return *this;
   }
@@ -217,64 +219,31 @@ class PortReservation {
 
   int port() const { return port_; }
   explicit operator bool() const { return port_ != 0; }
-  const std::string& lock_path() const { return lock_path_; }
+  /// The abstract socket name that holds the port, as `ss -x` shows it
+  /// ("@pymanager-port-20417"); empty when nothing is reserved.
+  std::string name() const { return port_ == 0 ? std::string() : "@" + detail::port_reservation_name(port_); }
 
-  /// Gives the port back. The lock file is removed while still locked, so
-  /// that a pymanager that opened it just before sees a stale file and
-  /// tries again (see try_lock below).
+  /// Gives the port back: closing the socket unbinds its name at once
+  /// (unless a child forked without exec still holds a copy).
   void release() noexcept {
-    if (lock_) {
-      ::unlink(lock_path_.c_str());
-      lock_.reset();
-    }
+    socket_.reset();
     port_ = 0;
   }
 
-  /// Takes the lock of `port` in `dir` without waiting; nullopt when another
-  /// holder has it, or when its lock file cannot be taken at all (a link or
-  /// a file another user planted in the shared folder: that port is
-  /// skipped, and `problem`, if given, says why).
-  static std::optional<PortReservation> try_lock(const std::string& dir, int port, std::string* problem = nullptr) {
-    std::string path = dir + "/" + std::to_string(port) + ".lock";
-    auto skip = [&](const std::string& why, bool with_errno = true) -> std::optional<PortReservation> {
-      if (problem != nullptr) *problem = with_errno ? errno_message(path + why, errno) : path + why;
-      return std::nullopt;
-    };
-    for (int attempt = 0; attempt < 5; ++attempt) {
-      // O_NOFOLLOW: a link planted for an upcoming port is never followed.
-      detail::UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0666));
-      // Another user's lock file in the shared folder may be read-only for
-      // us; flock works on a read-only descriptor too.
-      if (!fd && errno == EACCES) fd.reset(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
-      if (!fd) return skip("");
-      struct stat held {};
-      if (::fstat(fd.get(), &held) != 0) return skip(": fstat");
-      if (!S_ISREG(held.st_mode)) return skip(": not a regular file", false);
-      // A hard link planted to a file of ours would be truncated below.
-      if (held.st_nlink != 1) return skip(": has other hard links", false);
-      if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
-        if (errno == EWOULDBLOCK) return std::nullopt;
-        return skip(": flock");
-      }
-      // The previous holder may have removed the file between our open and
-      // our flock: then we locked a file nobody else can find. Try again.
-      struct stat named {};
-      if (::lstat(path.c_str(), &named) != 0 || named.st_ino != held.st_ino || named.st_dev != held.st_dev) continue;
-      // For people who wonder who holds a port: the holder's pid (in its own
-      // pid namespace) and, under Bazel, its test target.
-      const char* target = std::getenv("TEST_TARGET");
-      if (::ftruncate(fd.get(), 0) == 0) {
-        detail::write_all(fd.get(), std::to_string(::getpid()) + (target ? std::string(" ") + target : std::string()) + "\n");
-      }
-      return PortReservation(port, std::move(fd), path);
-    }
-    return std::nullopt;
+  /// Takes the name of `port` without waiting; nullopt when someone else
+  /// holds it. Throws ErrorKind::system when abstract unix sockets cannot be
+  /// bound at all (no port could be reserved then).
+  static std::optional<PortReservation> try_reserve(int port) {
+    const std::string name = detail::port_reservation_name(port);
+    detail::UniqueFd fd = detail::bind_abstract_name(name);
+    if (fd) return PortReservation(port, std::move(fd));
+    if (errno == EADDRINUSE) return std::nullopt;
+    throw_system_error("port reservation: bind of the abstract unix socket @" + name);
   }
 
  private:
   int port_ = 0;
-  detail::UniqueFd lock_;
-  std::string lock_path_;
+  detail::UniqueFd socket_;
 };
 
 /// Reserves a port (see the guarantees at the top of this file). Throws
@@ -282,8 +251,6 @@ class PortReservation {
 inline PortReservation reserve_port(const PortOptions& options = {}) {
   std::string description;
   auto intervals = detail::candidate_port_intervals(options, description);
-  std::string dir = detail::port_lock_directory(options);
-  detail::ensure_lock_directory(dir);
   long total = 0;
   for (const auto& interval : intervals) total += interval.second - interval.first + 1;
   auto nth = [&](long k) {
@@ -301,24 +268,22 @@ inline PortReservation reserve_port(const PortOptions& options = {}) {
   // A small range is walked from a random start, so that each port is tried
   // once; a large one is sampled at random.
   const long start = pick(random);
-  std::string problem;
-  long unusable = 0;
+  long held = 0, bound = 0;
   for (long k = 0; k < tries; ++k) {
     int port = total <= options.attempts ? nth((start + k) % total) : nth(pick(random));
-    std::string why;
-    auto reservation = PortReservation::try_lock(dir, port, &why);
-    if (!why.empty()) {
-      ++unusable;
-      if (problem.empty()) problem = why;
+    auto reservation = PortReservation::try_reserve(port);
+    if (!reservation) {
+      ++held;
+      continue;
     }
-    if (!reservation) continue;
+    // Checked with the name held: no other pymanager can be testing it now.
     if (detail::tcp_port_is_free(port)) return std::move(*reservation);
+    ++bound;
   }
   throw Error(ErrorKind::system, "no free port in " + description + " after " + std::to_string(tries) +
-                                     " attempts (locks in " + dir + ")" +
-                                     (unusable == 0 ? std::string()
-                                                    : "; " + std::to_string(unusable) +
-                                                          " lock files could not be taken, e.g. " + problem));
+                                     " attempts: " + std::to_string(held) + " reserved by other pymanagers (or " +
+                                     "this one) in this network namespace, " + std::to_string(bound) +
+                                     " bound by other programs");
 }
 
 /// The environment variable that carries a named port to the children:
@@ -353,7 +318,7 @@ inline bool valid_port_name(const std::string& name) {
 /// destruction. Thread-safe.
 class PortAllocator {
  public:
-  explicit PortAllocator(PortOptions options = {}) : options_(std::move(options)) {}
+  explicit PortAllocator(const PortOptions& options = {}) : options_(options) {}
   PortAllocator(const PortAllocator&) = delete;
   PortAllocator& operator=(const PortAllocator&) = delete;
 
