@@ -250,6 +250,20 @@ class ProcessLogFiles {
 
 // ---------------------------------------------------------- ProcessOutputs
 
+/// Where Bazel keeps `file`, written under the test's undeclared outputs
+/// folder `root`, once the test is over (the sandbox is gone by then):
+/// "pymanager/environment/web.log in bazel-testlogs/pkg/my_test/test.outputs/outputs.zip".
+/// Bazel's folder is bazel-out/<config>/testlogs/<package>/<test>[/run_1_of_3]/test.outputs,
+/// zipped into outputs.zip there (--zip_undeclared_test_outputs, the
+/// default). "" when `root` is not such a folder.
+std::string kept_by_bazel(const std::string& file, const std::string& root) {
+  const std::string marker = "/testlogs/";
+  const std::size_t at = root.rfind(marker);
+  const bool bazel_layout = at != std::string::npos && root.size() > 13 && root.compare(root.size() - 13, 13, "/test.outputs") == 0;
+  if (!bazel_layout || file.compare(0, root.size() + 1, root + "/") != 0) return "";
+  return file.substr(root.size() + 1) + " in bazel-testlogs/" + root.substr(at + marker.size()) + "/outputs.zip";
+}
+
 /// Where each process's output goes in one run: a live file (under the
 /// test's outputs) for what the Manager forwards, the redirect_output file
 /// (copied there once the run ends), or nothing for suppress_output; and the
@@ -264,6 +278,8 @@ class ProcessOutputs {
     output_files_.clear();
     redirects_.clear();
     copies_.clear();
+    kept_.clear();
+    root_ = root;
     std::string scope_dir;
     if (!root.empty()) {
       std::string base = root + "/pymanager/" + file_name_for(scope);
@@ -291,6 +307,7 @@ class ProcessOutputs {
         output_files_.push_back(file);
       }
       copies_.push_back(spec.redirect_output ? file : "");
+      kept_.push_back(file);
     }
   }
 
@@ -299,6 +316,16 @@ class ProcessOutputs {
 
   /// The file with all of process `index`'s output ("" none).
   const std::string& output_file(std::size_t index) const { return output_files_.at(index); }
+
+  /// Where process `index`'s full output is to be found, for a failure
+  /// message: under Bazel, where Bazel keeps it after the test, with the path
+  /// it has during the test; else the file itself ("" none).
+  std::string where(std::size_t index) const {
+    const std::string& now = output_files_.at(index);
+    const std::string kept = kept_by_bazel(kept_.at(index), root_);
+    if (kept.empty()) return now;
+    return kept + " (after the test; now " + now + ")";
+  }
 
   /// Once the Manager is gone: each redirect_output file is copied next to
   /// the live files, and the copy is what output_file() names from then on.
@@ -316,6 +343,8 @@ class ProcessOutputs {
   std::vector<std::string> output_files_;  ///< what output_file() answers
   std::vector<std::string> redirects_;     ///< redirect_output paths ("" none)
   std::vector<std::string> copies_;        ///< where a redirect_output file is copied at the end
+  std::vector<std::string> kept_;          ///< the file under root_ that holds the output at the end ("" none)
+  std::string root_;                       ///< the outputs folder ("" none)
 };
 
 /// What names a run's folder of output files: the environment, or the
@@ -624,7 +653,7 @@ class Session {
   std::string describe_exit(const ExitRecord& record, const std::string& when) const {
     std::vector<std::string> lines;
     if (Manager* manager = live_manager_.load()) lines = manager->output_tail(record.index, options_.tail_lines);
-    return unexpected_exit_message(names_.at(record.index), record, when, lines, outputs_.output_file(record.index));
+    return unexpected_exit_message(names_.at(record.index), record, when, lines, outputs_.where(record.index));
   }
 
   /// A non-fatal test failure, located at the config ("cfg.json: Failure").

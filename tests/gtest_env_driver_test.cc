@@ -172,6 +172,19 @@ TEST_F(Driver, AServiceThatDiesDuringTheTestsIsAFailureWithItsNameSignalAndLastL
   EXPECT_EQ(testutil::pids_after(r.out, "process 'web' (pid").size(), 1u) << r.out;
 }
 
+TEST_F(Driver, UnderBazelTheFailureSaysWhereTheOutputIsKeptAfterTheTest) {
+  // The folder as Bazel lays it out; after the test, Bazel zips it into
+  // bazel-testlogs/examples/my_test/run_2_of_3/test.outputs/outputs.zip.
+  const std::string root = outputs() + "/execroot/ws/bazel-out/k8-fastbuild/testlogs/examples/my_test/run_2_of_3/test.outputs";
+  ASSERT_EQ(std::system(("mkdir -p '" + root + "'").c_str()), 0);
+  auto r = run(kServices, "service_dies", {"TEST_UNDECLARED_OUTPUTS_DIR=" + root});
+  EXPECT_EQ(r.exit_code, 1) << r.out << r.err;
+  EXPECT_THAT(r.out, HasSubstr("full output: pymanager/environment/web.log in "
+                               "bazel-testlogs/examples/my_test/run_2_of_3/test.outputs/outputs.zip "
+                               "(after the test; now " + root + "/pymanager/environment/web.log)"));
+  EXPECT_THAT(testutil::read_file(root + "/pymanager/environment/web.log"), HasSubstr("listening on 127.0.0.1:"));
+}
+
 TEST_F(Driver, TwoInstancesOfTheSameTestRunningAtOnceBothPass) {
   auto a = start(kServices, "ok", {}, "", "", "pids-a");
   auto b = start(kServices, "ok", {}, "", "", "pids-b");
