@@ -1061,7 +1061,9 @@ TEST_F(Ctl, ListShowsTheDaemonsALauncherLeft) {
   testutil::RunResult list;
   ASSERT_TRUE(wait_until([&] {
     list = ctl({"-f", "cfg.json", "list"});
-    return list.out.find("[daemons: " + std::to_string(daemon) + "]") != std::string::npos;
+    // Listed just before the launcher's exit is reported: wait for both.
+    return list.out.find("[daemons: " + std::to_string(daemon) + "]") != std::string::npos &&
+           list.out.find("daemonized") != std::string::npos;
   })) << list.out << list.err;
   EXPECT_THAT(list.out, ::testing::ContainsRegex("1 +db +terminated +daemonized +code 0 +sh -c .*  \\[daemons: " +
                                                  std::to_string(daemon) + "\\]"));

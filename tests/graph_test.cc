@@ -441,7 +441,12 @@ TEST_F(Graph, ADaemonIsListedStoppedGracefullyAndReplacedOnRestart) {
   Capture capture;
   pymanager::Manager manager(cfg, capture.options());
   manager.start();
-  ASSERT_TRUE(wait_until([&] { return !info(manager, "db").daemons.empty(); }, 30s)) << capture.log();
+  // The daemon is adopted (and listed) just before its launcher's exit is
+  // reported: wait for both.
+  ASSERT_TRUE(wait_until([&] {
+    auto db = info(manager, "db");
+    return !db.daemons.empty() && db.state == pymanager::ProcessState::daemonized;
+  }, 30s)) << capture.log();
   auto first = info(manager, "db");
   auto daemon = pid_of(log_of("db"), "daemon");
   ASSERT_TRUE(daemon.has_value());
@@ -477,7 +482,11 @@ TEST_F(Graph, ADaemonThatIgnoresItsSignalIsKilledAfterTheGracefulTime) {
   Capture capture;
   pymanager::Manager manager(cfg, capture.options());
   manager.start();
-  ASSERT_TRUE(wait_until([&] { return !info(manager, "db").daemons.empty(); }, 30s)) << capture.log();
+  // Adopted by the manager, and said so itself (either may come first: no
+  // verifier holds the start here).
+  ASSERT_TRUE(wait_until([&] {
+    return !info(manager, "db").daemons.empty() && pid_of(log_of("db"), "daemon").has_value();
+  }, 30s)) << capture.log();
   auto daemon = pid_of(log_of("db"), "daemon");
   ASSERT_TRUE(daemon.has_value());
   EXPECT_THAT(info(manager, "db").daemons, ElementsAre(*daemon));

@@ -729,7 +729,11 @@ namespace {
 TEST_F(Api, ADaemonizedProcessShowsItsStateAndDaemons) {
   const std::string stamp = testutil::runfile("tests/helpers/stamp_service");
   start("\"db\": {\"executable\": \"" + stamp + "\", \"arguments\": [\"--stamp\", \"stamps\", \"--daemonize\"]}");
-  ASSERT_TRUE(testutil::wait_until([&] { return !manager_->processes()[0].daemons.empty(); }));
+  // The daemon is listed just before its launcher's exit is reported: wait for both.
+  ASSERT_TRUE(testutil::wait_until([&] {
+    auto db = manager_->processes()[0];
+    return !db.daemons.empty() && db.state == pymanager::ProcessState::daemonized;
+  }));
   auto [status, body] = call("GET", "/processes/db");
   ASSERT_EQ(status, 200);
   EXPECT_EQ(testutil::field(body, {"process", "state"}), "daemonized");

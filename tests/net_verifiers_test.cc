@@ -318,7 +318,9 @@ TEST(TcpVerifier, LocalhostRefusedOnBothAddressesSaysWhatEachSaid) {
                              capture.options());
   std::string result = start_result(manager);
   EXPECT_THAT(result, HasSubstr("127.0.0.1: connection refused"));
-  if (have_ipv6_loopback()) EXPECT_THAT(result, HasSubstr("; ::1: connection refused"));
+  if (have_ipv6_loopback()) {
+    EXPECT_THAT(result, HasSubstr("; ::1: connection refused"));
+  }
 }
 
 // --------------------------------------------------------------- HttpVerifier

@@ -143,7 +143,10 @@ class HttpApi {
   /// JSON with every string made valid UTF-8 (bytes that are not become
   /// U+FFFD): ids and output lines may hold any bytes.
   static Response json_response(int status, const nlohmann::json& body) {
-    return Response{status, body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)};
+    Response response;
+    response.status = status;
+    response.body = body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    return response;
   }
 
   static Response error_response(int status, const std::string& message,

@@ -132,7 +132,10 @@ inline std::string percent_decode(const std::string& text) {
 
 inline HttpResponse error_response(int status, const std::string& message) {
   nlohmann::json body = {{"success", false}, {"error", {{"message", message}}}};
-  return HttpResponse{status, body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)};
+  HttpResponse response;
+  response.status = status;
+  response.body = body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  return response;
 }
 
 inline const char* http_reason(int status) {
