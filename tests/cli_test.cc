@@ -943,6 +943,10 @@ TEST_F(Cli, CheckRefusesWhatAStartRefusesWithTheSameMessageAndExitCode) {
           "processes": {"a": {"executable": "sleep", "arguments": []}}})", 5},
       {"plugin_class", R"({"modules": {"mytests.files": {"library": ")" + good_plugin + R"(", "verifiers": ["NoSuchVerifier"]}},
           "processes": {"a": {"executable": "sleep", "arguments": []}}})", 5},
+      // A shell form where http.port's number goes (it once crashed both).
+      {"http_port_shell_form", R"({"http": {"port": "${port:-a}"}, "processes": {"a": {"executable": "true", "arguments": []}}})", 5},
+      // Bytes after a NUL were once ignored.
+      {"nul_byte", std::string("{\"processes\": {\"a\": {\"executable\": \"true\", \"arguments\": []}}}\0 {{{", 66), 3},
   };
   for (const auto& c : cases) {
     const std::string file = std::string(c.name) + ".json";
@@ -955,6 +959,24 @@ TEST_F(Cli, CheckRefusesWhatAStartRefusesWithTheSameMessageAndExitCode) {
     EXPECT_THAT(checked.err, ::testing::StartsWith("pymanager: ")) << c.name;
     EXPECT_EQ(checked.out, "") << c.name;
   }
+}
+
+TEST_F(Cli, CheckOfALongDependencyChainWrittenBackwardsEnds) {
+  // p0 waits for p1, which waits for p2, ...: 20,000 waves. The waves are
+  // found in one pass (they once took a pass per wave: minutes here).
+  std::string processes;
+  const int n = 20000;
+  for (int i = 0; i < n; ++i) {
+    processes += std::string(i ? ", " : "") + "\"p" + std::to_string(i) + R"(": {"executable": "true", "arguments": [], "depends_on": [)" +
+                 (i + 1 < n ? "\"p" + std::to_string(i + 1) + "\"" : std::string()) + "]}";
+  }
+  write_config(processes);
+  auto result = run({"check", "-f", "cfg.json"}, 120000ms);
+  EXPECT_FALSE(result.timed_out);
+  EXPECT_EQ(result.exit_code, 0) << result.err.substr(0, 500);
+  EXPECT_THAT(result.out, HasSubstr("start: a dependency graph in 20000 waves"));
+  EXPECT_THAT(result.out, HasSubstr("  wave 1: p19999\n  wave 2: p19998 (after p19999)\n"));
+  EXPECT_THAT(result.out, HasSubstr("  wave 20000: p0 (after p1)\n"));
 }
 
 TEST_F(Cli, CheckWarnsOfALaunchThatWouldFailAndStrictMakesItAnError) {

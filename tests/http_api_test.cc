@@ -216,9 +216,19 @@ TEST_F(Api, IdsAreNumbersOrNamesAndBadOnesGetTheOriginalErrors) {
   expect_error(call("POST", "/restart/-1"), 400, "invalid process id '-1'");
   expect_error(call("POST", "/stop/+1"), 400, "invalid process id '+1'");
   expect_error(call("GET", "/processes/12345678901"), 400, "invalid process id '12345678901'");
-  expect_error(call("GET", "/processes/we%01b"), 400, "invalid process id 'we\x01" "b'");
+  expect_error(call("GET", "/processes/we%01b"), 400, "invalid process id 'we\\x01b'");
+  expect_error(call("GET", "/processes/%00"), 400, "invalid process id '\\x00': not a number");
   expect_error(call("GET", "/processes/5/output"), 404, "no process with id 5");
   EXPECT_EQ(call("GET", "/processes/web").first, 200);
+}
+
+TEST_F(Api, AProcessNamedWithDigitsIsReachedByItsNameWhenNoProcessHasThatNumber) {
+  start(R"("web": {"executable": "sleep", "arguments": ["1000"]},
+           "123": {"executable": "sleep", "arguments": ["1000"]})");
+  EXPECT_EQ(testutil::field(call("GET", "/processes/123").second, {"process", "name"}), "123");
+  EXPECT_EQ(testutil::field(call("GET", "/processes/2").second, {"process", "name"}), "123");
+  EXPECT_EQ(testutil::field(call("GET", "/processes/001").second, {"process", "name"}), "web");  // a number, as in the seed
+  expect_error(call("GET", "/processes/124"), 404, "no process with id 124");
 }
 
 TEST_F(Api, RestartAnswersAfterTheVerifierPassedWithTheNewPid) {

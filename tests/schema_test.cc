@@ -194,6 +194,28 @@ std::vector<Case> cases() {
       {"environment_name_with_equals", false, process_with(R"("options": {"environment": {"A=B": "x"}})")},
       {"stop_signal_zero", false, process_with(R"("options": {"stop_signal": 0})")},
       {"empty_shell", false, process_with(R"("options": {"shell": ""})")},
+      // What a second reader found the first schema let through.
+      {"stop_signal_realtime_number", true, process_with(R"("options": {"stop_signal": 40})")},
+      {"stop_signal_bare_name", true, process_with(R"("options": {"stop_signal": "HUP"})")},
+      {"stop_signal_suspends", false, process_with(R"("options": {"stop_signal": "SIGSTOP"})")},
+      {"stop_signal_ignored_number", false, process_with(R"("options": {"stop_signal": 17})")},
+      {"stop_signal_libc_number", false, process_with(R"("options": {"stop_signal": 33})")},
+      {"stop_signal_unknown_name", false, process_with(R"("options": {"stop_signal": "SIGFOO"})")},
+      {"stop_signal_number_as_text", false, process_with(R"("options": {"stop_signal": "15"})")},
+      {"suppress_and_redirect", false, process_with(R"("options": {"suppress_output": true, "redirect_output": "x.log"})")},
+      {"redirect_without_suppress", true, process_with(R"("options": {"suppress_output": false, "redirect_output": "x.log"})")},
+      {"tcp_port_text_zero", false, verified_by(tcp, R"({"port": "0"})")},
+      {"tcp_port_text_too_big", false, verified_by(tcp, R"({"port": "99999"})")},
+      {"tcp_port_text_leading_zeros", true, verified_by(tcp, R"({"port": "00080"})")},
+      {"tcp_port_text_too_long", false, verified_by(tcp, R"({"port": "000080"})")},
+      {"tcp_host_with_a_space", false, verified_by(tcp, R"({"port": 1, "host": "foo bar"})")},
+      {"tcp_host_ipv6", true, verified_by(tcp, R"({"port": 1, "host": "[::1]"})")},
+      {"http_header_name_not_a_token", false, verified_by(http, R"({"url": "http://127.0.0.1:1/", "headers": {"a b": "x"}})")},
+      {"http_header_value_with_newline", false, verified_by(http, R"({"url": "http://127.0.0.1:1/", "headers": {"X-A": "1\r\nX-B: 2"}})")},
+      {"http_body_too_long", false, verified_by(http, R"({"url": "http://127.0.0.1:1/", "body": ")" + std::string(4097, 'a') + R"("})")},
+      {"command_attempt_timeout_zero", false, verified_by("pymanager.verifiers.CommandVerifier", R"({"command": "true", "attempt_timeout": 0})")},
+      {"http_port_shell_form", false, kSleeper, R"("http": {"port": "${port:-a}"})"},
+      {"http_port_bad_placeholder_name", false, kSleeper, R"("http": {"port": "${port:.a}"})"},
   };
 }
 

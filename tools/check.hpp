@@ -44,24 +44,30 @@ const char kCheckUsageText[] =
 
 /// The wave of each process: 1 for no dependencies, else one more than its
 /// latest dependency's. Only for a config that uses dependencies (acyclic:
-/// the parser checked).
+/// the parser checked). Kahn's order: linear in processes and edges.
 inline std::vector<int> dependency_waves(const pymanager::Config& config) {
-  std::vector<int> wave(config.processes.size(), 0);
-  // Each pass fixes at least one more process; n passes at most.
-  for (std::size_t pass = 0; pass < config.processes.size(); ++pass) {
-    bool changed = false;
-    for (std::size_t i = 0; i < config.processes.size(); ++i) {
-      int w = 1;
-      const auto& deps = config.processes[i].depends_on;
-      if (deps) {
-        for (const auto& d : *deps) w = std::max(w, wave[d.index] + 1);
-      }
-      if (w != wave[i]) {
-        wave[i] = w;
-        changed = true;
-      }
+  const std::size_t n = config.processes.size();
+  std::vector<int> wave(n, 1);
+  std::vector<std::size_t> waiting(n, 0);               // unresolved dependencies
+  std::vector<std::vector<std::size_t>> dependents(n);  // who waits for whom
+  for (std::size_t i = 0; i < n; ++i) {
+    if (!config.processes[i].depends_on) continue;
+    for (const auto& d : *config.processes[i].depends_on) {
+      dependents[d.index].push_back(i);
+      ++waiting[i];
     }
-    if (!changed) break;
+  }
+  std::vector<std::size_t> ready;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (waiting[i] == 0) ready.push_back(i);
+  }
+  while (!ready.empty()) {
+    const std::size_t i = ready.back();
+    ready.pop_back();
+    for (std::size_t j : dependents[i]) {
+      wave[j] = std::max(wave[j], wave[i] + 1);
+      if (--waiting[j] == 0) ready.push_back(j);
+    }
   }
   return wave;
 }
@@ -137,11 +143,12 @@ inline int run_check(const std::vector<std::string>& args) {
     const int waves = n == 0 ? 0 : *std::max_element(wave.begin(), wave.end());
     std::cout << "start: a dependency graph in " << waves << (waves == 1 ? " wave" : " waves")
               << " (each process starts once its dependencies are met; a wave's processes start together)\n";
+    std::vector<std::vector<std::size_t>> members(static_cast<std::size_t>(waves) + 1);
+    for (std::size_t i = 0; i < n; ++i) members[static_cast<std::size_t>(wave[i])].push_back(i);
     for (int w = 1; w <= waves; ++w) {
       std::cout << "  wave " << w << ":";
       bool first = true;
-      for (std::size_t i = 0; i < n; ++i) {
-        if (wave[i] != w) continue;
+      for (std::size_t i : members[static_cast<std::size_t>(w)]) {
         std::cout << (first ? " " : ", ") << config.processes[i].name;
         first = false;
         const auto& deps = config.processes[i].depends_on;

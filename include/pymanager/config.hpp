@@ -292,20 +292,23 @@ inline std::string signal_suggestion(const std::string& name) {
 /// `options.stop_signal`: "SIGINT", "INT", or a number from 1 to SIGRTMAX.
 inline int parse_any_signal(const OJson& value, const std::string& path);
 
-/// A stop signal must be able to end a process: these are ignored by
-/// default, stop it, or are the C library's own.
-inline int refuse_useless_stop_signal(int number, const std::string& path) {
+/// Why signal `number` cannot be a stop signal ("" when it can): it is
+/// ignored by default, stops the process, or is the C library's own.
+inline std::string stop_signal_problem(int number) {
   switch (number) {
     case SIGSTOP: case SIGTSTP: case SIGTTIN: case SIGTTOU:
-      throw_config_error(path, signal_name(number) + " suspends a process instead of ending it");
+      return signal_name(number) + " suspends a process instead of ending it";
     case SIGCONT: case SIGCHLD: case SIGURG: case SIGWINCH:
-      throw_config_error(path, signal_name(number) + " is ignored by default and cannot stop a process");
+      return signal_name(number) + " is ignored by default and cannot stop a process";
     default:
       break;
   }
-  if (number >= 32 && number < SIGRTMIN) {
-    throw_config_error(path, "signal " + std::to_string(number) + " is reserved by the C library");
-  }
+  if (number >= 32 && number < SIGRTMIN) return "signal " + std::to_string(number) + " is reserved by the C library";
+  return "";
+}
+
+inline int refuse_useless_stop_signal(int number, const std::string& path) {
+  if (std::string problem = stop_signal_problem(number); !problem.empty()) throw_config_error(path, problem);
   return number;
 }
 

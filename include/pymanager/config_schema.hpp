@@ -8,7 +8,12 @@
 // `pymanager check`): that a verifier type is listed under `modules`, that
 // `depends_on` names exist and make no cycle, that a plugin loads, that a
 // shell variable name in `environment` is one `environment_file` may
-// overwrite. Plugin verifier types are accepted with any arguments.
+// overwrite, that a URL, an IPv6 address, a status range ("299-200") or a
+// regular expression is well formed, that a `${port:...}` inside a longer
+// string is, that no string holds a NUL, and that nesting stays within 64
+// levels. A number written with a fraction (`1.0`) is an integer to JSON
+// Schema, not to pymanager: write integers without one. Plugin verifier
+// types are accepted with any arguments.
 // tests/schema_test.cc keeps schema and parser in agreement.
 #ifndef PYMANAGER_CONFIG_SCHEMA_HPP
 #define PYMANAGER_CONFIG_SCHEMA_HPP
@@ -16,6 +21,9 @@
 #include "pymanager/detail/cxx17.hpp"  // first: a pre-C++17 build stops with one clear error
 
 #include <nlohmann/json.hpp>
+
+#include "pymanager/config.hpp"
+#include "pymanager/signals.hpp"
 
 namespace pymanager {
 inline namespace v1 {
@@ -55,7 +63,7 @@ constexpr const char kConfigSchemaText[] = R"JSON({
       "properties": {
         "enabled": {"type": "boolean", "default": false, "description": "Serve the API."},
         "port": {"default": 5001, "description": "The port to listen on; 0 picks a free one (printed at start-up and written to the state file); \"${port:NAME}\" a named free port.",
-                 "anyOf": [{"type": "integer", "minimum": 0, "maximum": 65535}, {"type": "string", "pattern": "^\\$\\{port:[A-Za-z0-9_.-]+\\}$"}]},
+                 "anyOf": [{"type": "integer", "minimum": 0, "maximum": 65535}, {"type": "string", "pattern": "^\\$\\{port:[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\\}$"}]},
         "host": {"type": "string", "minLength": 1, "default": "127.0.0.1", "description": "The address to bind; a warning is printed when it is not a loopback address."},
         "token": {"type": "string", "minLength": 1, "description": "Every request must carry `Authorization: Bearer <token>` (also set by the environment variable PYMANAGER_TOKEN)."}
       }
@@ -84,12 +92,14 @@ constexpr const char kConfigSchemaText[] = R"JSON({
     "seconds": {"type": "number", "minimum": 0, "maximum": 604800, "description": "Seconds (at most a week)."},
     "port": {
       "description": "A port number, or a string of digits (what \"${port:NAME}\" becomes).",
-      "anyOf": [{"type": "integer", "minimum": 1, "maximum": 65535}, {"type": "string", "pattern": "^[0-9]{1,5}$"}, {"type": "string", "pattern": "^\\$\\{port:[A-Za-z0-9_.-]+\\}$"}]
+      "anyOf": [{"type": "integer", "minimum": 1, "maximum": 65535}, {"type": "string", "maxLength": 5, "pattern": "^0*([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$"}, {"type": "string", "pattern": "^\\$\\{port:[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\\}$"}]
     },
     "status": {
       "anyOf": [{"type": "integer", "minimum": 100, "maximum": 599}, {"type": "string", "pattern": "^[1-5][0-9][0-9](-[1-5][0-9][0-9])?$"}]
     },
     "string_map": {"type": "object", "additionalProperties": {"type": "string"}},
+    "headers": {"type": "object", "propertyNames": {"pattern": "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"},
+                "additionalProperties": {"type": "string", "pattern": "^[^\\r\\n]*$"}},
     "process": {
       "type": "object",
       "additionalProperties": false,
@@ -123,7 +133,7 @@ constexpr const char kConfigSchemaText[] = R"JSON({
         "stop_signal": {
           "description": "The signal that asks it to stop: a name (\"SIGINT\", \"INT\") or a number.",
           "default": "SIGTERM",
-          "anyOf": [{"type": "string", "pattern": "^(SIG)?[A-Z0-9+-]+$"}, {"type": "integer", "minimum": 1, "maximum": 64}]
+          "anyOf": [{"enum": ["filled in by config_schema()"]}, {"enum": [0]}]
         },
         "graceful_time": {"$ref": "#/$defs/seconds", "description": "Its own graceful time (default: the top-level one)."},
         "shell": {
@@ -131,7 +141,8 @@ constexpr const char kConfigSchemaText[] = R"JSON({
           "default": false,
           "anyOf": [{"type": "boolean"}, {"type": "string", "minLength": 1}]
         }
-      }
+      },
+      "not": {"required": ["suppress_output", "redirect_output"], "properties": {"suppress_output": {"const": true}}}
     },
     "verifier": {
       "type": "object",
@@ -165,7 +176,7 @@ constexpr const char kConfigSchemaText[] = R"JSON({
         "url": {"type": "string", "pattern": "^https?://", "description": "The URL to GET."},
         "timeout": {"$ref": "#/$defs/seconds", "default": 30, "description": "Give up after this many seconds."},
         "interval": {"$ref": "#/$defs/seconds", "default": 1, "description": "The longest pause between attempts."},
-        "headers": {"$ref": "#/$defs/string_map", "default": {}, "description": "Request headers."}
+        "headers": {"$ref": "#/$defs/headers", "default": {}, "description": "Request headers: token names, values without CR or LF."}
       }
     },
     "args_exited": {
@@ -181,7 +192,7 @@ constexpr const char kConfigSchemaText[] = R"JSON({
       "type": "object", "additionalProperties": false, "required": ["port"],
       "properties": {
         "port": {"$ref": "#/$defs/port"},
-        "host": {"type": "string", "minLength": 1, "default": "127.0.0.1", "description": "A host name or an IP address (localhost tries 127.0.0.1 and ::1)."},
+        "host": {"type": "string", "maxLength": 255, "pattern": "^([A-Za-z0-9._-]{1,253}|\\[?[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\\]?)$", "default": "127.0.0.1", "description": "A host name or an IP address (localhost tries 127.0.0.1 and ::1; an IPv6 literal with or without brackets)."},
         "timeout": {"$ref": "#/$defs/seconds", "default": 30, "description": "Give up after this many seconds."},
         "interval": {"$ref": "#/$defs/seconds", "default": 1, "description": "The longest pause between attempts (1 ms during the first 10 s)."}
       }
@@ -194,8 +205,8 @@ constexpr const char kConfigSchemaText[] = R"JSON({
         "method": {"enum": ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"], "default": "GET", "description": "The request's method."},
         "status": {"description": "A status, a range \"200-299\", or a list of them.", "default": "200-299",
                    "anyOf": [{"$ref": "#/$defs/status"}, {"type": "array", "items": {"$ref": "#/$defs/status"}, "minItems": 1, "maxItems": 100}]},
-        "body": {"type": "string", "description": "An ECMAScript regular expression that must match somewhere in the first 16 KiB of the body."},
-        "headers": {"$ref": "#/$defs/string_map", "default": {}, "description": "Request headers."},
+        "body": {"type": "string", "maxLength": 4096, "description": "An ECMAScript regular expression (at most 4096 bytes) that must match somewhere in the first 16 KiB of the body."},
+        "headers": {"$ref": "#/$defs/headers", "default": {}, "description": "Request headers: token names, values without CR or LF."},
         "insecure": {"type": "boolean", "default": false, "description": "https: skip certificate verification."},
         "ca_file": {"type": "string", "minLength": 1, "description": "https: a PEM bundle to trust instead of the system's."},
         "timeout": {"$ref": "#/$defs/seconds", "default": 30, "description": "Give up after this many seconds."},
@@ -228,7 +239,7 @@ constexpr const char kConfigSchemaText[] = R"JSON({
       "properties": {
         "command": {"description": "A list of arguments run as they are, or a string run by default_shell.",
                     "anyOf": [{"type": "array", "items": {"type": "string"}, "minItems": 1, "prefixItems": [{"type": "string", "minLength": 1}]}, {"type": "string", "minLength": 1}]},
-        "attempt_timeout": {"$ref": "#/$defs/seconds", "default": 5, "description": "An attempt that runs longer is killed."},
+        "attempt_timeout": {"$ref": "#/$defs/seconds", "exclusiveMinimum": 0, "default": 5, "description": "An attempt that runs longer is killed (more than 0)."},
         "interval": {"$ref": "#/$defs/seconds", "default": 1, "description": "The longest pause between attempts."},
         "timeout": {"$ref": "#/$defs/seconds", "default": 30, "description": "Give up after this many seconds."}
       }
@@ -238,8 +249,26 @@ constexpr const char kConfigSchemaText[] = R"JSON({
 
 }  // namespace detail
 
-/// The JSON Schema of a config file (draft 2020-12).
-inline nlohmann::ordered_json config_schema() { return nlohmann::ordered_json::parse(detail::kConfigSchemaText); }
+/// The JSON Schema of a config file (draft 2020-12). The stop signals are
+/// this system's: the names and numbers the parser takes (detail::stop_signal_problem).
+inline nlohmann::ordered_json config_schema() {
+  auto schema = nlohmann::ordered_json::parse(detail::kConfigSchemaText);
+  nlohmann::ordered_json names = nlohmann::ordered_json::array();
+  nlohmann::ordered_json numbers = nlohmann::ordered_json::array();
+  for (const auto& name : signal_names(true)) {
+    if (auto number = signal_from_name(name); number && detail::stop_signal_problem(*number).empty()) {
+      names.push_back(name);
+      names.push_back(name.substr(3));
+    }
+  }
+  for (int number = 1; number <= max_signal_number(); ++number) {
+    if (detail::stop_signal_problem(number).empty()) numbers.push_back(number);
+  }
+  auto& any_of = schema["$defs"]["options"]["properties"]["stop_signal"]["anyOf"];
+  any_of[0]["enum"] = names;
+  any_of[1]["enum"] = numbers;
+  return schema;
+}
 
 }  // namespace v1
 }  // namespace pymanager

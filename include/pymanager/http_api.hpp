@@ -259,21 +259,42 @@ class HttpApi {
     return parts;
   }
 
-  /// The 0-based index for an <id>: a 1-based number or a process name.
+  /// The 0-based index for an <id>: a 1-based number or a process name. A
+  /// number in range is that process (as in the seed: "007" is 7); any other
+  /// id is looked up as a name, so a process named "123" is reached by it.
   std::size_t resolve(const std::string& id) const {
     bool digits = !id.empty() && id.size() <= 9 && id.find_first_not_of("0123456789") == std::string::npos;
     if (digits) {
       std::size_t n = std::stoul(id);
-      if (n == 0 || n > manager_.size()) throw Error(ErrorKind::not_found, "no process with id " + id);
-      return n - 1;
+      if (n >= 1 && n <= manager_.size()) return n - 1;
+      if (auto index = manager_.index_of(id)) return *index;
+      throw Error(ErrorKind::not_found, "no process with id " + id);
     }
     if (auto index = manager_.index_of(id)) return *index;
     if (malformed_id(id)) {
       throw Error(ErrorKind::invalid_argument,
-                  "invalid process id '" + id + "': not a number from 1 to " + std::to_string(manager_.size()) +
+                  "invalid process id '" + printable(id) + "': not a number from 1 to " + std::to_string(manager_.size()) +
                       ", and not a process name");
     }
     throw Error(ErrorKind::not_found, "no process named '" + id + "'");
+  }
+
+  /// `text` with control characters written as \xNN, for a message (a NUL
+  /// would end it).
+  static std::string printable(const std::string& text) {
+    static const char* const kHex = "0123456789abcdef";
+    std::string out;
+    for (char c : text) {
+      const auto u = static_cast<unsigned char>(c);
+      if (u < 0x20 || u == 0x7f) {
+        out += "\\x";
+        out += kHex[u >> 4];
+        out += kHex[u & 15];
+      } else {
+        out += c;
+      }
+    }
+    return out;
   }
 
   /// True when `text` is well-formed UTF-8 (no overlong forms, no surrogates).

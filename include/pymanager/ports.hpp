@@ -430,7 +430,11 @@ void expand_ports_at(Json& value, PortAllocator& ports, const std::string& path)
     std::string expanded = expand_port_placeholders(text, ports, path);
     // http.port is a number: a string that is exactly one placeholder
     // becomes the number itself there.
-    if (path == "http.port" && text.rfind("${port:", 0) == 0 && text.back() == '}' &&
+    // (A shell form such as "${port:-80}" is left as it is: the parser then
+    // says that http.port wants a number.)
+    const bool number = !expanded.empty() && expanded.size() <= 5 &&
+                        expanded.find_first_not_of("0123456789") == std::string::npos;
+    if (path == "http.port" && number && text.rfind("${port:", 0) == 0 && text.back() == '}' &&
         text.find('}') == text.size() - 1) {
       value = std::stoi(expanded);
     } else {

@@ -12,6 +12,7 @@
 #define PYMANAGER_DETAIL_JSON_READER_HPP
 
 #include <cstddef>
+#include <algorithm>
 #include <string>
 #include <unordered_set>
 #include <utility>
@@ -134,6 +135,15 @@ class JsonTreeBuilder {
 };
 
 inline nlohmann::ordered_json parse_json_text(const std::string& text) {
+  // A NUL byte is never valid JSON (not even in a string, where it must be
+  // written \u0000), and the parser would take it for the end of the input.
+  if (const std::size_t nul = text.find('\0'); nul != std::string::npos) {
+    const std::size_t line = 1 + static_cast<std::size_t>(std::count(text.begin(), text.begin() + static_cast<std::ptrdiff_t>(nul), '\n'));
+    const std::size_t line_start = text.rfind('\n', nul == 0 ? 0 : nul - 1);
+    const std::size_t column = nul - (line_start == std::string::npos || nul == 0 ? 0 : line_start + 1) + 1;
+    throw Error(ErrorKind::config_not_json, "not valid JSON: a NUL byte at line " + std::to_string(line) + ", column " +
+                                                std::to_string(column) + " (byte " + std::to_string(nul) + ")");
+  }
   JsonTreeBuilder builder;
   try {
     nlohmann::ordered_json::sax_parse(text, &builder);
