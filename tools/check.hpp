@@ -42,36 +42,6 @@ const char kCheckUsageText[] =
     "                   missing working_directory or environment_file) is an\n"
     "                   error (exit 5), not a warning\n";
 
-/// The wave of each process: 1 for no dependencies, else one more than its
-/// latest dependency's. Only for a config that uses dependencies (acyclic:
-/// the parser checked). Kahn's order: linear in processes and edges.
-inline std::vector<int> dependency_waves(const pymanager::Config& config) {
-  const std::size_t n = config.processes.size();
-  std::vector<int> wave(n, 1);
-  std::vector<std::size_t> waiting(n, 0);               // unresolved dependencies
-  std::vector<std::vector<std::size_t>> dependents(n);  // who waits for whom
-  for (std::size_t i = 0; i < n; ++i) {
-    if (!config.processes[i].depends_on) continue;
-    for (const auto& d : *config.processes[i].depends_on) {
-      dependents[d.index].push_back(i);
-      ++waiting[i];
-    }
-  }
-  std::vector<std::size_t> ready;
-  for (std::size_t i = 0; i < n; ++i) {
-    if (waiting[i] == 0) ready.push_back(i);
-  }
-  while (!ready.empty()) {
-    const std::size_t i = ready.back();
-    ready.pop_back();
-    for (std::size_t j : dependents[i]) {
-      wave[j] = std::max(wave[j], wave[i] + 1);
-      if (--waiting[j] == 0) ready.push_back(j);
-    }
-  }
-  return wave;
-}
-
 /// The shell-like text of a command line: words with spaces or quotes quoted.
 inline std::string command_text(const std::vector<std::string>& argv) {
   std::string out;
@@ -105,7 +75,8 @@ inline int run_check(const std::vector<std::string>& args) {
       return 2;
     }
   }
-  auto say = [](const std::string& message) { std::cerr << "pymanager: " << message << "\n"; };
+  // What a start would say, in the same words and on the same stream.
+  const auto say = pymanager::log_to_stderr;
   pymanager::LoadedConfig loaded;
   try {
     loaded = pymanager::load_config(file, pymanager::builtin_verifiers());
@@ -114,8 +85,7 @@ inline int run_check(const std::vector<std::string>& args) {
     return pymanager::exit_code_for(e.kind());
   }
   for (const auto& warning : loaded.warnings()) say(warning);
-  pymanager::Config& config = loaded.config;
-  config.base_directory = pymanager::current_directory();
+  const pymanager::Config& config = loaded.config;
   const auto environment = loaded.ports->environment();
 
   // What each launch would execute, or why it could not start now.
@@ -137,18 +107,18 @@ inline int run_check(const std::vector<std::string>& args) {
     std::cout << "ports: " << describe_ports(config.ports) << " (reserved for this check only; each run picks its own)\n";
   }
   for (const auto& plugin : config.plugins) std::cout << "plugin: " << plugin.path << " (module " << plugin.module << ")\n";
-  std::vector<int> wave;
   if (config.uses_dependencies()) {
-    wave = dependency_waves(config);
-    const int waves = n == 0 ? 0 : *std::max_element(wave.begin(), wave.end());
+    const pymanager::LaunchScheduler graph(config);
+    const std::vector<std::size_t> wave = graph.chain_depths();
+    const std::size_t waves = graph.chain_length();
     std::cout << "start: a dependency graph in " << waves << (waves == 1 ? " wave" : " waves")
               << " (each process starts once its dependencies are met; a wave's processes start together)\n";
-    std::vector<std::vector<std::size_t>> members(static_cast<std::size_t>(waves) + 1);
-    for (std::size_t i = 0; i < n; ++i) members[static_cast<std::size_t>(wave[i])].push_back(i);
-    for (int w = 1; w <= waves; ++w) {
+    std::vector<std::vector<std::size_t>> members(waves + 1);
+    for (std::size_t i = 0; i < n; ++i) members[wave[i]].push_back(i);
+    for (std::size_t w = 1; w <= waves; ++w) {
       std::cout << "  wave " << w << ":";
       bool first = true;
-      for (std::size_t i : members[static_cast<std::size_t>(w)]) {
+      for (std::size_t i : members[w]) {
         std::cout << (first ? " " : ", ") << config.processes[i].name;
         first = false;
         const auto& deps = config.processes[i].depends_on;

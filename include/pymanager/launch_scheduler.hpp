@@ -142,27 +142,34 @@ class LaunchScheduler {
   const std::vector<std::size_t>& dependencies(std::size_t i) const { return dependencies_[i]; }
   const std::vector<std::size_t>& dependents(std::size_t i) const { return dependents_[i]; }
 
-  /// The number of processes on the longest dependency chain (1 without
-  /// `depends_on`): a shutdown takes at most that many stop plans in turn.
-  std::size_t chain_length() const {
-    if (!graph_) return size_ == 0 ? 0 : 1;
-    // Longest path in a DAG (the parser refused cycles), by Kahn's order.
-    std::vector<std::size_t> indegree(size_, 0), length(size_, 1);
+  /// Each process's place on its longest dependency chain: 1 for a process
+  /// that depends on nothing, else one more than its deepest dependency's
+  /// (all 1 without `depends_on`). The graph's waves, in `pymanager check`.
+  std::vector<std::size_t> chain_depths() const {
+    std::vector<std::size_t> depth(size_, 1);
+    if (!graph_) return depth;
+    // Longest paths in a DAG (the parser refused cycles), by Kahn's order.
+    std::vector<std::size_t> indegree(size_, 0);
     for (std::size_t i = 0; i < size_; ++i) indegree[i] = dependencies_[i].size();
     std::vector<std::size_t> queue;
     for (std::size_t i = 0; i < size_; ++i) {
       if (indegree[i] == 0) queue.push_back(i);
     }
-    std::size_t longest = size_ == 0 ? 0 : 1;
     for (std::size_t k = 0; k < queue.size(); ++k) {
       std::size_t i = queue[k];
       for (std::size_t d : dependents_[i]) {
-        length[d] = std::max(length[d], length[i] + 1);
-        longest = std::max(longest, length[d]);
+        depth[d] = std::max(depth[d], depth[i] + 1);
         if (--indegree[d] == 0) queue.push_back(d);
       }
     }
-    return longest;
+    return depth;
+  }
+
+  /// The number of processes on the longest dependency chain (1 without
+  /// `depends_on`): a shutdown takes at most that many stop plans in turn.
+  std::size_t chain_length() const {
+    const auto depth = chain_depths();
+    return depth.empty() ? 0 : *std::max_element(depth.begin(), depth.end());
   }
 
  private:
