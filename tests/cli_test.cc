@@ -72,6 +72,15 @@ class Cli : public ::testing::Test {
 
   std::vector<pid_t> pids_in(const std::string& file) const { return testutil::pids_in_file(dir_ + "/" + file); }
 
+  /// The port of the API the running manager wrote in cfg.json's state file
+  /// (its "url", http://127.0.0.1:PORT); 0 when there is none such.
+  int api_port_from_state() const {
+    auto state = nlohmann::json::parse(testutil::read_file(dir_ + "/cfg.json.pymanager-state"), nullptr, false);
+    const std::string prefix = "http://127.0.0.1:";
+    const std::string url = state.is_object() ? state.value("url", "") : "";
+    return url.rfind(prefix, 0) == 0 ? std::atoi(url.c_str() + prefix.size()) : 0;
+  }
+
   /// Every pid listed in `file` (written by the children) is gone, and so is
   /// its process group.
   void expect_all_gone(const std::string& file) {
@@ -691,9 +700,9 @@ TEST_F(Cli, AStdoutNobodyReadsDoesNotStopTheShutdown) {
   ASSERT_GT(manager, 0);
   // The API still answers, and a stop through it is carried out (the issue's
   // "POST /stop times out").
-  const std::string url = state.value("url", "");
-  ASSERT_EQ(url.rfind("http://127.0.0.1:", 0), 0u) << url;
-  httplib::Client api("127.0.0.1", std::atoi(url.substr(std::string("http://127.0.0.1:").size()).c_str()));
+  const int api_port = api_port_from_state();
+  ASSERT_GT(api_port, 0) << testutil::read_file(dir_ + "/cfg.json.pymanager-state");
+  httplib::Client api("127.0.0.1", api_port);
   api.set_read_timeout(20, 0);
   // Both pids are written before the launch phase has ended; until it has,
   // a stop is refused with 409. Wait for the launch to end (bounded).
@@ -1120,10 +1129,9 @@ TEST_F(Ctl, ListAndTheApiShowWhatAProcessIsWaitingForDuringTheStart) {
   EXPECT_THAT(list.out, ::testing::ContainsRegex("1 +db +running +verifying +pid [0-9]+ +sh -c .*\n"));
   EXPECT_THAT(list.out, ::testing::ContainsRegex("2 +api +[^\n]* waiting +[^\n]*  \\[waiting for: db\\]\n")) << list.out;
 
-  auto state = nlohmann::json::parse(testutil::read_file(dir_ + "/cfg.json.pymanager-state"), nullptr, false);
-  const std::string url = state.value("url", "");
-  ASSERT_EQ(url.rfind("http://127.0.0.1:", 0), 0u) << url;
-  httplib::Client api("127.0.0.1", std::atoi(url.substr(std::string("http://127.0.0.1:").size()).c_str()));
+  const int api_port = api_port_from_state();
+  ASSERT_GT(api_port, 0) << testutil::read_file(dir_ + "/cfg.json.pymanager-state");
+  httplib::Client api("127.0.0.1", api_port);
   api.set_read_timeout(20, 0);
   // GET / and the process named `name` in it (null when absent).
   auto get_one = [&](const std::string& name) {
